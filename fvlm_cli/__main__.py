@@ -1,0 +1,3 @@
+from fvlm_cli.cli import main
+
+main()

@@ -1,0 +1,85 @@
+"""The `fvlm` command. Only typer/rich are imported here: `fvlm --help` must stay fast.
+
+Each subcommand lives in `fvlm_cli/commands/<name>.py` as a plain function with typed options;
+those modules import torch and friends inside the function body, never at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from fvlm_cli.commands import bench, caption, compare_modes, config_cmd, dpo, precompute, profile, speedrun, train, upload
+
+app = typer.Typer(
+    name="fvlm",
+    help="Foveated video VLMs (one visual token per frame): precompute, train, dpo, bench, caption, compare-modes, upload.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+    if debug:
+        os.environ["FVLM_DEBUG"] = "1"
+
+
+app.command("precompute")(precompute.precompute)
+app.command("train")(train.train)
+app.command("dpo")(dpo.dpo)
+app.command("bench")(bench.bench)
+app.command("caption")(caption.caption)
+app.command("compare-modes")(compare_modes.compare_modes)
+app.command("upload")(upload.upload)
+app.command("speedrun")(speedrun.speedrun)
+app.add_typer(config_cmd.app, name="config")
+app.command("profile")(profile.profile)
+
+
+def main() -> None:
+    """Console entry point: user errors are one red line and exit 2; internal errors exit 1."""
+    from fvlm_cli.errors import FvlmError
+
+    debug = "--debug" in sys.argv or os.environ.get("FVLM_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except FvlmError as e:
+        if debug:
+            raise
+        _err(str(e))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException as e:  # click usage errors and internal errors
+        # typer >= 0.2x vendors click as typer._click; older ones use click itself
+        name = type(e).__name__
+        if name == "Exit":
+            sys.exit(getattr(e, "exit_code", 0))
+        if name == "Abort":
+            _err("aborted")
+            sys.exit(1)
+        if hasattr(e, "format_message") and any(c.__name__ == "ClickException" for c in type(e).__mro__):
+            _err(e.format_message())
+            sys.exit(2)
+        if debug:
+            raise
+        _err(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
+        sys.exit(1)
+
+
+def _err(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {msg}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""`fvlm config list|show|validate`: configs are first-class files shipped with the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fvlm_cli.commands._common import SetOpt
+
+app = typer.Typer(help="List, show and validate configs.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_configs() -> None:
+    """List the shipped configs (model presets and stage recipes)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fvlm_cli.config import CONFIG_DIR
+
+    table = Table("name", "file")
+    for p in sorted(CONFIG_DIR.rglob("*.yaml")):
+        table.add_row(str(p.relative_to(CONFIG_DIR).with_suffix("")), str(p))
+    Console().print(table)
+
+
+@app.command("show")
+def show(name: str = typer.Argument(..., help="config name or path"), overrides: Optional[List[str]] = SetOpt) -> None:
+    """Print a config fully resolved (defaults filled in, overrides applied)."""
+    from fvlm_cli import config
+    from fvlm_cli.settings import RunConfig
+
+    typer.echo(config.dump(_resolve(name, overrides)), nl=False)
+
+
+@app.command("validate")
+def validate(name: str = typer.Argument(..., help="config name or path"), overrides: Optional[List[str]] = SetOpt) -> None:
+    """Check a config before a long run: keys, types, and that referenced paths exist."""
+    cfg = _resolve(name, overrides)
+    typer.echo(f"ok: {name}")
+
+
+@app.command("keys")
+def keys(section: str = typer.Argument("", help="only keys starting with this prefix")) -> None:
+    """List every config key with its type, default and help."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fvlm_cli import config
+    from fvlm_cli.settings import RunConfig
+
+    table = Table("key", "type", "default", "help")
+    for key, tp, default, help_ in config.describe(RunConfig):
+        if key.startswith(section):
+            table.add_row(key, tp, repr(default), help_)
+    Console().print(table)
+
+
+def _resolve(name: str, overrides):
+    from fvlm_cli import config
+    from fvlm_cli.settings import ModelConfig, RunConfig
+
+    data = config.read_yaml(name)
+    if "model" not in data and ("llm" in data or "dino" in data):  # a bare model preset
+        return config.load(ModelConfig, name, overrides)
+    return config.load(RunConfig, name, overrides)

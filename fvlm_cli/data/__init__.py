@@ -1,0 +1,1 @@
+"""Media, shards, sources, tokenisation and loading: source -> shard -> loader -> batch."""

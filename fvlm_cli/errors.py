@@ -1,0 +1,31 @@
+"""Error types. Every user-facing mistake is an `FvlmError`: the CLI prints one red line and exits 2."""
+
+
+class FvlmError(Exception):
+    """A user error: bad input, missing file, bad config. Exit status 2, no traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(FvlmError):
+    """A config key or value is wrong."""
+
+
+class MediaError(FvlmError):
+    """A video or image cannot be read."""
+
+
+class ModelLoadError(FvlmError):
+    """A model cannot be found, reached, or its weights do not match the architecture."""
+
+
+class DataError(FvlmError):
+    """Shards or dataset inputs are missing or malformed."""
+
+
+class TrainingError(FvlmError):
+    """Training cannot continue (non-finite losses, bad resume state)."""
+
+
+class NotYetAvailable(FvlmError):
+    """A command or option that this version of fvlm does not provide."""
