@@ -1,0 +1,1 @@
+"""The model: DINOv2 deep-query encoder, FoveatedVLM (three modes), generation, folders."""

@@ -1,0 +1,99 @@
+"""DINOv2 with a deep foveated query: one visual token per frame.
+
+DINOv2 runs once over CLS + patch tokens; at every layer the keys and values of that layer's
+pre-norm input are kept. A query then walks the same layers attending to the cached K/V (patches
+never attend to the query, so one patch pass serves every query: coarse, fine, and each
+autoregressive step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def attention_parts(layer: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+    """(q, k, v, out) linears of a Dinov2Layer under transformers 5.x or 4.x naming."""
+    attn = layer.attention
+    if hasattr(attn, "q_proj"):  # transformers 5.x
+        return attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+    return attn.attention.query, attn.attention.key, attn.attention.value, attn.output.dense  # 4.x
+
+
+@dataclass
+class FrameCache:
+    """Per-layer keys/values of N frames: each K, V is [N, H, 1+P, d]."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    features: torch.Tensor | None = None  # [N, 1+P, D] DINOv2's final normed output (patch features)
+
+    @property
+    def num_frames(self) -> int:
+        return self.keys[0].shape[0]
+
+    def select(self, index: torch.Tensor) -> "FrameCache":
+        feats = None if self.features is None else self.features[index]
+        return FrameCache([k[index] for k in self.keys], [v[index] for v in self.values], feats)
+
+
+class FoveatedEncoder(nn.Module):
+    def __init__(self, dino: nn.Module, query_dim: int):
+        super().__init__()
+        self.dino = dino
+        cfg = dino.config
+        self.dim = cfg.hidden_size
+        self.heads = cfg.num_attention_heads
+        self.head_dim = self.dim // self.heads
+        # No bias: a bias dominates small queries, every query then gives the same token (fine == coarse).
+        self.query_input_proj = nn.Linear(query_dim, self.dim, bias=False)
+        self.output_proj = nn.Linear(self.dim, self.dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, S, D] -> [N, H, S, d]"""
+        return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+
+    def encode(self, pixels: torch.Tensor) -> FrameCache:
+        """pixels: [N, 3, H, W] ImageNet-normalised -> FrameCache of every layer's K/V.
+
+        The patch pass is DINOv2's own forward written out, so K/V are computed once and reused
+        for the patches' self-attention (checked against Dinov2Model in the tests).
+        """
+        h = self.dino.embeddings(pixels)  # [N, 1+P, D]
+        keys, values = [], []
+        for layer in self.dino.encoder.layer:
+            q_lin, k_lin, v_lin, o_lin = attention_parts(layer)
+            x = layer.norm1(h)
+            k, v = self._split(k_lin(x)), self._split(v_lin(x))
+            keys.append(k)
+            values.append(v)
+            a = F.scaled_dot_product_attention(self._split(q_lin(x)), k, v)
+            h = h + layer.layer_scale1(o_lin(a.transpose(1, 2).flatten(2)))
+            h = h + layer.layer_scale2(layer.mlp(layer.norm2(h)))
+        return FrameCache(keys, values, self.dino.layernorm(h))
+
+    def query(self, q: torch.Tensor, cache: FrameCache, return_attention: bool = False):
+        """q: [N, query_dim], one query per cached frame -> z: [N, D] (and per-layer attention [L, N, H, 1+P])."""
+        x = self.query_input_proj(q).unsqueeze(1)  # [N, 1, D]
+        maps = []
+        for layer, k, v in zip(self.dino.encoder.layer, cache.keys, cache.values):
+            q_lin, _, _, o_lin = attention_parts(layer)
+            qh = self._split(q_lin(layer.norm1(x)))  # [N, H, 1, d]
+            if return_attention:
+                w = torch.softmax((qh @ k.transpose(-1, -2)) * self.head_dim**-0.5, dim=-1)
+                maps.append(w[:, :, 0])
+                a = w @ v
+            else:
+                a = F.scaled_dot_product_attention(qh, k, v)
+            x = x + layer.layer_scale1(o_lin(a.transpose(1, 2).flatten(2)))
+            x = x + layer.layer_scale2(layer.mlp(layer.norm2(x)))
+        z = self.output_proj(self.dino.layernorm(x)).squeeze(1)
+        if return_attention:
+            return z, torch.stack(maps)
+        return z
+
+    def patch_grid(self, image_size: int) -> int:
+        return image_size // self.dino.config.patch_size
