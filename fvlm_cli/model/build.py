@@ -196,6 +196,7 @@ def fvlm_config_dict(model, model_cfg: ModelConfig, media: MediaConfig, chat: Ch
         "fvlm_version": __version__,
         "preset": model_cfg.name,
         "base_models": {"llm": model_cfg.llm, "dino": model_cfg.dino},
+        "tokenizer": model_cfg.tokenizer or model_cfg.llm,
         "llm_config": llm_conf,
         "dino_config": dino_conf,
         "query_dim": model.query_dim,
@@ -231,7 +232,7 @@ def _model_cfg_from_folder_config(conf: dict) -> ModelConfig:
     return ModelConfig(
         name=conf.get("preset", "custom"), llm=conf.get("base_models", {}).get("llm", ""),
         dino=conf.get("base_models", {}).get("dino", ""), llm_config=conf["llm_config"], dino_config=conf["dino_config"],
-        tokenizer="", pretrained=False, query_dim=conf.get("query_dim", 384),
+        tokenizer=conf.get("tokenizer", ""), pretrained=False, query_dim=conf.get("query_dim", 384),
         visual_scale=conf.get("visual_scale", 0.14), image_size=conf.get("image_size", 224))
 
 
