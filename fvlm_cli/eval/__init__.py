@@ -1,0 +1,1 @@
+"""Scoring: answer-letter extraction, caption metrics, accuracy statistics and the results.md report."""
