@@ -182,7 +182,7 @@ def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.exists():
         named = CONFIG_DIR / path
-        for cand in (named, named.with_suffix(".yaml")):
+        for cand in (named, Path(str(named) + ".yaml")):
             if cand.exists():
                 p = cand
                 break

@@ -38,8 +38,23 @@ def show(name: str = typer.Argument(..., help="config name or path"), overrides:
 @app.command("validate")
 def validate(name: str = typer.Argument(..., help="config name or path"), overrides: Optional[List[str]] = SetOpt) -> None:
     """Check a config before a long run: keys, types, and that referenced paths exist."""
+    from pathlib import Path as _P
+
+    from fvlm_cli.settings import RunConfig
+
     cfg = _resolve(name, overrides)
-    typer.echo(f"ok: {name}")
+    missing = []
+    if isinstance(cfg, RunConfig):
+        for s in [*cfg.data.train, *cfg.data.text]:
+            if not _P(s.path).exists():
+                missing.append(s.path)
+        if cfg.data.val and not _P(cfg.data.val).exists():
+            missing.append(cfg.data.val)
+        if cfg.train.init_from and not _P(cfg.train.init_from).exists():
+            missing.append(f"init_from {cfg.train.init_from}")
+    typer.echo(f"ok: {name} (keys and types valid)")
+    if missing:
+        typer.echo("not found yet (create them before training): " + ", ".join(missing))
 
 
 @app.command("keys")
@@ -65,4 +80,6 @@ def _resolve(name: str, overrides):
     data = config.read_yaml(name)
     if "model" not in data and ("llm" in data or "dino" in data):  # a bare model preset
         return config.load(ModelConfig, name, overrides)
-    return config.load(RunConfig, name, overrides)
+    from fvlm_cli.train.loop import load_run_config
+
+    return load_run_config(name, overrides)

@@ -1,12 +1,89 @@
-"""`fvlm train`."""
+"""`fvlm train --stage N` and the shared option handling of `fvlm dpo`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
-from fvlm_cli.commands._common import not_yet
+from fvlm_cli.commands._common import ConfigOpt, DeviceOpt, DtypeOpt, PrintConfigOpt, SetOpt
 
 
-def train(ctx: typer.Context) -> None:
-    """(coming) See SPEC: `fvlm train`."""
-    not_yet("train")
+def _overrides(sets, stage, out, device, dtype, init_from, steps) -> list[str]:
+    o = list(sets or [])
+    if stage is not None:
+        o.append(f"train.stage={stage}")
+    if out is not None:
+        o.append(f"out_dir={out}")
+    if device != "auto":
+        o.append(f"train.device={device}")
+    if dtype != "auto":
+        o.append(f"train.dtype={dtype}")
+    if init_from is not None:
+        o.append(f"train.init_from={init_from}")
+    if steps is not None:
+        o.append(f"train.steps={steps}")
+    return o
+
+
+def _launch_torchrun(gpus: int) -> None:
+    """Re-run this very command under torchrun with N processes (one per GPU)."""
+    import os
+    import subprocess
+    import sys
+
+    args = []
+    skip = False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--gpus":
+            skip = True
+            continue
+        if a.startswith("--gpus="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "fvlm_cli", *args]
+    raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+def run_training(config, sets, stage, out, device, dtype, init_from, steps, resume, print_cfg, gpus, dpo) -> None:
+    from fvlm_cli import config as cfglib
+
+    if gpus and gpus > 1:
+        _launch_torchrun(gpus)
+    from fvlm_cli.train.loop import load_run_config, train as train_loop
+
+    cfg = load_run_config(str(config) if config else None, _overrides(sets, stage, out, device, dtype, init_from, steps))
+    if cfg.train.stage not in (1, 2, 3):
+        from fvlm_cli.errors import ConfigError
+
+        raise ConfigError(f"--stage {cfg.train.stage}: stages are 1 (captioning), 2 (VL-SFT), 3 (video SFT)")
+    if print_cfg:
+        typer.echo(cfglib.dump(cfg), nl=False)
+        return
+    if not cfg.data.train:
+        from fvlm_cli.errors import ConfigError
+
+        raise ConfigError("data.train is empty: give shard sets in the config or --set 'data.train=[{path: DIR}]'")
+    summary = train_loop(cfg, dpo=dpo, resume=resume)
+    typer.echo(f"done: {summary['run_dir']} (final loss {summary['final_loss']}, skipped steps {summary['skipped_steps']})")
+
+
+def train(
+    stage: Optional[int] = typer.Option(None, "--stage", "-s", help="1 captioning/alignment, 2 VL-SFT, 3 video SFT (overrides train.stage)."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (overrides out_dir)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Model folder / checkpoint / run dir to start from."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides train.steps)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    gpus: int = typer.Option(0, "--gpus", help="Launch N processes with torchrun (one per GPU)."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Train stage N (SFT) from a YAML config; checkpoints, metrics.jsonl and plots go to the run dir."""
+    run_training(config, sets, stage, out, device, dtype, init_from, steps, resume, print_config, gpus, dpo=False)

@@ -179,7 +179,7 @@ class FoveatedVLM(nn.Module):
         h_vis = h.gather(1, layout.vis_pos.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))  # [B, T, D]
         q = self.llm_to_query(h_vis)
         # frame t+1 is read with the query made at frame t; frame 1 with q_init
-        return torch.cat([self.q_init.expand(B, 1, -1).to(q.dtype), q[:, :-1]], dim=1)
+        return torch.cat([self.q_init.expand(B, 1, -1).to(q.dtype), q[:, :-1]], dim=1)[:, :T]
 
     def _autoregressive(self, text_emb, cache, flat_idx, frame_mask, attention_mask, visual_pos, layout):
         """Frame by frame on a KV cache. Returns (hidden in `layout` order [B, L, D], the open stream)."""

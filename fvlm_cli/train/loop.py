@@ -1,0 +1,293 @@
+"""One training loop for stages 1-3 and DPO, on one process or under torchrun (DDP).
+
+    cfg = load_run_config("configs/train/tiny-stage1.yaml", ["train.steps=50"])
+    summary = train(cfg)                 # or train(cfg, dpo=True), train(cfg, resume=True)
+
+Every rank takes exactly `train.steps * train.grad_accum` batches from an endless loader, so no rank can
+leave the others waiting; gradients are all-reduced once per optimizer step (no_sync on the others). A
+non-finite loss is skipped on every rank together (the decision is all-reduced) and counted.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from fvlm_cli import config as cfglib
+from fvlm_cli.errors import ConfigError, TrainingError
+from fvlm_cli.eval.loss import evaluate_loss, model_inputs, query_attention, entropy, to_device
+from fvlm_cli.settings import RunConfig
+from fvlm_cli.train import checkpoint
+from fvlm_cli.train.dpo import dpo_loss, pair_batch
+from fvlm_cli.train.flops import peak_flops, sample_flops
+from fvlm_cli.train.logger import MetricsLogger
+from fvlm_cli.train.optim import build_optimizer, build_scheduler, lrs
+
+
+def load_run_config(path: str | None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    """Read a stage config. `model: <preset>` (a string) expands to that preset's model section."""
+    data = cfglib.deep_merge(base or {}, cfglib.read_yaml(path) if path else {})
+    data = cfglib.apply_overrides(data, overrides, None)
+    if isinstance(data.get("model"), str):
+        data["model"] = cfglib.read_yaml(cfglib.CONFIG_DIR / "model" / f"{data['model']}.yaml")
+        data = cfglib.apply_overrides(data, [o for o in overrides or [] if o.startswith("model.")], None)
+    return cfglib.from_dict(RunConfig, data)
+
+
+def _dist() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("FVLM_BACKEND") != "gloo" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend)
+    return rank, world, local
+
+
+def _initial_model(cfg: RunConfig):
+    from fvlm_cli.model.build import build_model, find_folder, load_folder
+    from fvlm_cli.model.tokenizer import load_tokenizer
+
+    if cfg.train.init_from:
+        path = Path(cfg.train.init_from)
+        if not path.exists():  # never a silent start from base weights
+            raise ConfigError(f"train.init_from: {path} does not exist")
+        lm = load_folder(find_folder(path))
+        cfg.model = lm.model_cfg
+        return lm.model, lm.tokenizer
+    model = build_model(cfg.model)
+    return model, load_tokenizer(cfg.model.tokenizer or cfg.model.llm)
+
+
+def _memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _all_ok(flag: bool, device: torch.device, world: int) -> bool:
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0)
+
+
+def _mean(x: float, device: torch.device, world: int) -> float:
+    if world == 1:
+        return x
+    t = torch.tensor([x], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / world
+
+
+def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: bool = False) -> dict:
+    from fvlm_cli.data.loader import build_eval_loader, build_train_loader
+    from fvlm_cli.model.build import load_weights
+    from fvlm_cli.runtime import autocast, resolve_device, resolve_dtype, seed_all
+
+    rank, world, _ = _dist()
+    device = resolve_device(cfg.train.device)
+    dtype = resolve_dtype(cfg.train.dtype, device)
+    if device.type == "cuda" and cfg.train.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    run_dir = Path(cfg.out_dir)
+    ck = checkpoint.latest(run_dir)
+    if resume and ck is None:
+        raise TrainingError(f"--resume: no checkpoint in {run_dir}/checkpoints")
+    if not resume and ck is not None:
+        raise TrainingError(f"{run_dir} already has checkpoints; pass --resume to continue it or choose another --out")
+    seed_all(cfg.train.seed)
+    model, tokenizer = _initial_model(cfg)
+    ref_model = None
+    if dpo and cfg.dpo.reference in ("frozen", "precomputed"):
+        ref_model = copy.deepcopy(model).to(device).eval().requires_grad_(False)  # the initial model, even on resume
+    state = None
+    if resume:
+        from fvlm_cli.model.build import _read_weights
+
+        load_weights(model, _read_weights(ck))
+        state = checkpoint.load_state(ck)
+    model.to(device).train()
+    opt = build_optimizer(model, cfg.optim, device)
+    sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
+    if cfg.train.compile:
+        model.encoder.encode = torch.compile(model.encoder.encode)
+        model.encoder.query = torch.compile(model.encoder.query)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # text-only batches leave the vision path unused
+    stage = 3 if dpo else cfg.train.stage
+    loader = build_train_loader(cfg, tokenizer, stage=stage, rank=rank, world_size=world, dpo=dpo)
+    val_batches = []
+    if cfg.data.val:
+        val_batches = list(build_eval_loader(cfg.data.val, tokenizer, cfg, stage=stage, limit=cfg.data.val_samples,
+                                             dpo=False))
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"][rank])
+        checkpoint.restore_rng(state)
+    start = state["step"] if state else 0
+    samples_seen = state["samples_seen"] if state else 0
+    skipped = state.get("skipped", 0) if state else 0
+    ref_cache: dict[str, tuple[float, float]] = {}
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfglib.dump(cfg))
+    log = MetricsLogger(run_dir, enabled=(rank == 0), quiet=quiet, wandb_cfg=cfg if cfg.train.wandb else None)
+    peak = peak_flops(device)
+    ac = lambda: autocast(device, dtype)
+    it = iter(loader)
+    bad = 0
+    last_val: dict = {}
+    t_last, n_last = time.perf_counter(), 0
+    counters = {"samples": 0, "frames": 0, "tokens": 0, "flops": 0.0}
+    for step in range(start, cfg.train.steps):
+        loss_sum, dpo_metrics = 0.0, {}
+        t_data = 0.0
+        for micro in range(cfg.train.grad_accum):
+            t0 = time.perf_counter()
+            batch = to_device(next(it), device)
+            t_data += time.perf_counter() - t0
+            sync = micro == cfg.train.grad_accum - 1
+            ctx = net.no_sync() if (world > 1 and not sync) else nullcontext()
+            with ctx:
+                with ac():
+                    if dpo:
+                        pb = pair_batch(batch)
+                        out = net(**pb, mode=cfg.train.mode, return_logits=False)
+                        B = batch["frames"].shape[0]
+                        pi_c, pi_r = out["logps"][:B].float(), out["logps"][B:].float()
+                        ref_c, ref_r = _reference(ref_model, pb, batch, cfg, ref_cache, B)
+                        loss, dpo_metrics = dpo_loss(pi_c, pi_r, ref_c, ref_r, cfg.dpo.beta)
+                    else:
+                        out = net(**model_inputs(batch), mode=cfg.train.mode, return_logits=False)
+                        loss = out["loss"]
+                (loss / cfg.train.grad_accum).backward()
+            loss_sum += float(loss.detach())
+            B = batch["frames"].shape[0]
+            nf = int(batch["frame_mask"].sum())
+            nt = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["chosen_attention_mask"].sum())
+            counters["samples"] += B
+            counters["frames"] += nf
+            counters["tokens"] += nt
+            counters["flops"] += sample_flops(model, nf / max(B, 1), nt / max(B, 1), cfg.train.mode) * B * (2 if dpo else 1)
+        loss_val = loss_sum / cfg.train.grad_accum
+        params = [p for p in model.parameters() if p.requires_grad]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+        ok = _all_ok(bool(torch.isfinite(torch.tensor(loss_val)) and torch.isfinite(gnorm)), device, world)
+        if ok:
+            opt.step()
+            bad = 0
+        else:
+            skipped += 1
+            bad += 1
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        step_no = step + 1
+        if not ok and bad >= cfg.train.max_bad_steps:
+            _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, None)
+            raise TrainingError(f"{bad} consecutive non-finite losses at step {step_no}; saved a checkpoint in "
+                                f"{run_dir}/checkpoints (lower the LR or check the data)")
+        samples_seen += _sum_int(counters["samples"] - n_last, device, world)
+        n_last = counters["samples"]
+        if step_no % cfg.train.log_every == 0 or step_no == cfg.train.steps or step_no == start + 1:
+            now = time.perf_counter()
+            dt = max(now - t_last, 1e-9)
+            rec = {"step": step_no, "loss": _mean(loss_val, device, world), "grad_norm": float(gnorm),
+                   **lrs(opt), "samples_per_s": counters["samples"] * world / dt,
+                   "frames_per_s": counters["frames"] * world / dt, "tokens_per_s": counters["tokens"] * world / dt,
+                   "data_wait_s": t_data, "mfu": (counters["flops"] / dt / peak) if peak else None,
+                   "memory_gb": _memory_gb(device), "samples_seen": samples_seen, "skipped_steps": skipped,
+                   **dpo_metrics}
+            log.log(rec, total=cfg.train.steps)
+            t_last = now
+            counters = {"samples": 0, "frames": 0, "tokens": 0, "flops": 0.0}
+            n_last = 0
+        is_last = step_no == cfg.train.steps
+        if val_batches and ((cfg.train.eval_every and step_no % cfg.train.eval_every == 0) or is_last):
+            last_val = validate(model, val_batches, cfg.train.eval_modes, device, ac)
+            log.log({"step": step_no, **{f"val/{k}": v for k, v in last_val.items()}}, total=cfg.train.steps)
+        if (cfg.train.save_every and step_no % cfg.train.save_every == 0) or is_last:
+            metric = None
+            if last_val:
+                metric = last_val.get(cfg.train.best_metric.removeprefix("val/"))
+            _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, metric)
+    log.close()
+    if world > 1:
+        dist.barrier()
+    summary = {"run_dir": str(run_dir), "steps": cfg.train.steps, "skipped_steps": skipped, "val": last_val,
+               "final_loss": log.last.get("loss"), "dropped_samples": getattr(loader, "dropped", 0)}
+    if rank == 0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _sum_int(x: int, device, world: int) -> int:
+    if world == 1:
+        return x
+    t = torch.tensor([x], device=device, dtype=torch.long)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def _reference(ref_model, pb, batch, cfg, cache, B):
+    """Reference log-probs of chosen/rejected: the frozen initial model, or a per-sample cache of it."""
+    ids = batch.get("ids") or [None] * B
+    if cfg.dpo.reference == "precomputed" and all(i in cache for i in ids):
+        vals = torch.tensor([cache[i] for i in ids], device=pb["frames"].device)
+        return vals[:, 0], vals[:, 1]
+    with torch.no_grad():
+        out = ref_model(**pb, mode=cfg.train.mode, return_logits=False)
+    ref_c, ref_r = out["logps"][:B].float(), out["logps"][B:].float()
+    if cfg.dpo.reference == "precomputed":
+        for i, c, r in zip(ids, ref_c.tolist(), ref_r.tolist()):
+            if i is not None:
+                cache[i] = (c, r)
+    return ref_c, ref_r
+
+
+def validate(model, batches, modes, device, ac) -> dict:
+    out = evaluate_loss(model, batches, modes, device, ac)
+    vis = next((b for b in batches if b["frame_mask"].any()), None)
+    if vis is not None:
+        b = to_device(vis, device)
+        model.eval()
+        attn = query_attention(model, b["frames"], b["frame_mask"].bool(), b["input_ids"], b["attention_mask"],
+                               b["visual_pos"])
+        model.train()
+        out["attn_entropy_coarse"] = entropy(attn["coarse"][-1])
+        out["attn_entropy_fine"] = entropy(attn["fine"][-1])
+    return out
+
+
+def _save(run_dir, step, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, metric):
+    loader_state = loader.state_dict()
+    if world > 1:
+        states = [None] * world
+        dist.all_gather_object(states, loader_state)
+    else:
+        states = [loader_state]
+    if rank == 0:
+        checkpoint.save(run_dir, step, model, tokenizer, cfg,
+                        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "loader": states,
+                         "samples_seen": samples_seen, "skipped": skipped},
+                        keep_last=cfg.train.keep_last, metric=metric)
+    if world > 1:
+        dist.barrier()
