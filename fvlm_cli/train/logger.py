@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def _fmt(rec: dict, total: int) -> str:
+    rec = {k: (float("nan") if v is None and k in ("loss", "grad_norm") else v) for k, v in rec.items()}
+    rec = {k: v for k, v in rec.items() if v is not None}
     parts = [f"step {rec['step']}/{total}"]
     if "loss" in rec:
         parts.append(f"loss {rec['loss']:.4f}")
@@ -17,7 +19,7 @@ def _fmt(rec: dict, total: int) -> str:
         parts.append(f"lr {max(lr):.2e}")
     if "grad_norm" in rec:
         parts.append(f"gnorm {rec['grad_norm']:.2f}")
-    if "samples_per_s" in rec:
+    if "samples_per_s" in rec and "frames_per_s" in rec:
         parts.append(f"{rec['samples_per_s']:.1f} samples/s {rec['frames_per_s']:.0f} frames/s {rec['tokens_per_s']:.0f} tok/s")
     if rec.get("mfu") is not None:
         parts.append(f"MFU {100 * rec['mfu']:.1f}%")

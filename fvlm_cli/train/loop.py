@@ -158,6 +158,9 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     last_val: dict = {}
     t_last, n_last = time.perf_counter(), 0
     counters = {"samples": 0, "frames": 0, "tokens": 0, "flops": 0.0}
+    if val_batches and start == 0:  # the starting point, so curves show what training changed
+        last_val = validate(model, val_batches, cfg.train.eval_modes, device, ac)
+        log.log({"step": 0, **{f"val/{k}": v for k, v in last_val.items()}}, total=cfg.train.steps)
     for step in range(start, cfg.train.steps):
         loss_sum, dpo_metrics = 0.0, {}
         t_data = 0.0
