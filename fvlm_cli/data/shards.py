@@ -1,0 +1,324 @@
+"""The shard format (SPEC §3.2): WebDataset tar files, `manifest.json` and `failures.jsonl`.
+
+One sample in a tar is a group of members sharing a key:
+
+    {key}.000.jpg, {key}.001.jpg, ...   frames, JPEG, already cropped to image_size (none for text-only)
+    {key}.json                          {"id", "source", "kind", "frame_count", "timestamps", "messages"}
+                                        + "media_type": "image" | "video" (samples with media)
+                                        + "chosen", "rejected" (dpo)
+                                        + "question", "options", "answer", "category", "cluster" (mcq)
+
+Text is stored as text, never token ids: a chat-template fix must not require re-running precompute.
+Tars are written to a temporary name and renamed when complete, so a file named `*.tar` is never partial.
+The loader and the tools read shards back with `iter_shard_samples` and `read_manifest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+from fvlm_cli.errors import DataError
+
+FORMAT = "fvlm-shards/1"
+KINDS = ("caption", "sft", "text", "dpo", "mcq")
+ROLES = ("system", "user", "assistant")
+DPO_KEYS = ("chosen", "rejected")
+MCQ_KEYS = ("question", "options", "answer", "category", "cluster")
+JPEG_QUALITY = 90
+MANIFEST = "manifest.json"
+FAILURES = "failures.jsonl"
+
+
+# ---------------------------------------------------------------- writing
+
+def sample_key(index: int, id: str) -> str:
+    """The tar key of the `index`-th sample of a source: unique (the index) and readable (the id).
+
+    WebDataset splits a member name at its first dot, so the key holds no dots or slashes.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", str(id)).strip("_")[:60]
+    return f"{index:09d}-{safe}" if safe else f"{index:09d}"
+
+
+def check_sample(id: str, kind: str, messages: Any, media: Any, extra: dict) -> None:
+    """Raise `DataError` when a source's sample cannot become a valid §3.2 record."""
+    if kind not in KINDS:
+        raise DataError(f"unknown sample kind {kind!r} (expected one of {', '.join(KINDS)})")
+    if not isinstance(messages, list) or not messages:
+        raise DataError("sample has no messages")
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"malformed message {str(m)[:80]!r} (need role in {ROLES} and string content)")
+    if kind == "text" and media is not None:
+        raise DataError("a text sample cannot have media")
+    if kind != "text" and media is None:
+        raise DataError(f"a {kind} sample needs a video or image")
+    needed = DPO_KEYS if kind == "dpo" else MCQ_KEYS[:3] if kind == "mcq" else ()
+    missing = [k for k in needed if extra.get(k) in (None, "")]
+    if missing:
+        raise DataError(f"{kind} sample lacks {', '.join(missing)}")
+
+
+def sample_record(id: str, source: str, kind: str, messages: list[dict], timestamps: Sequence[float],
+                  extra: Optional[dict] = None, media_type: Optional[str] = None) -> dict:
+    """The sample's `json` member: the §3.2 keys for its kind, plus "media_type" ("image" | "video") for
+    samples with media: the loader replicates images to `image_frames`, and a one-frame video is not an image.
+    """
+    extra = extra or {}
+    record = {
+        "id": str(id),
+        "source": source,
+        "kind": kind,
+        "frame_count": len(timestamps),
+        "timestamps": [round(float(t), 3) for t in timestamps],
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+    }
+    if media_type is not None:
+        record["media_type"] = media_type
+    if kind == "dpo":
+        record.update({k: extra[k] for k in DPO_KEYS})
+    if kind == "mcq":
+        record.update({k: extra.get(k) for k in MCQ_KEYS})
+        if record["category"] is None:
+            record["category"] = ""
+        if record["cluster"] is None:  # standard errors are clustered by video; default: the sample itself
+            record["cluster"] = str(id)
+    return record
+
+
+def encode_jpeg(frame, quality: int = JPEG_QUALITY) -> bytes:
+    """[S, S, 3] uint8 RGB -> JPEG bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@dataclass
+class ShardInfo:
+    name: str       # file name inside the output directory
+    samples: int
+    sha256: str
+    bytes: int
+
+
+class ShardWriter:
+    """Writes one tar under a temporary name; `close()` publishes it atomically and returns its `ShardInfo`.
+
+    Members get fixed owner/mode/mtime, so the same samples always give the same bytes (and sha256).
+    """
+
+    def __init__(self, path: str | Path, quality: int = JPEG_QUALITY):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+        self.quality = quality
+        self.samples = 0
+        self._file = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o444
+        info.mtime = 0
+        info.uname = info.gname = "fvlm"
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def write(self, key: str, record: dict, frames: Sequence = ()) -> None:
+        """Add one sample: `frames` [T, S, S, 3] uint8 (or a list of such arrays) and its json record."""
+        self.write_jpegs(key, record, [encode_jpeg(frame, self.quality) for frame in frames])
+
+    def write_jpegs(self, key: str, record: dict, jpegs: Sequence[bytes]) -> None:
+        """Add one sample whose frames are already JPEG-encoded (several samples of one video share them)."""
+        if len(jpegs) != record["frame_count"]:
+            raise ValueError(f"{key}: {len(jpegs)} frames but frame_count {record['frame_count']}")
+        for t, data in enumerate(jpegs):
+            self._add(f"{key}.{t:03d}.jpg", data)
+        self._add(f"{key}.json", json.dumps(record, ensure_ascii=False).encode("utf-8"))
+        self.samples += 1
+
+    def close(self) -> ShardInfo:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+        return ShardInfo(self.path.name, self.samples, sha256_file(self.path), self.path.stat().st_size)
+
+    def abort(self) -> None:
+        """Drop the temporary file: nothing is published."""
+        try:
+            self._tar.close()
+            self._file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and not self._file.closed:
+            self.abort()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temporary file and rename it over `path` (readers never see half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- manifest
+
+def fvlm_version() -> str:
+    try:
+        import fvlm_cli
+
+        version = getattr(fvlm_cli, "__version__", None)
+        if version:
+            return str(version)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from importlib.metadata import version as _v
+
+        return _v("fvlm")
+    except Exception:
+        return "unknown"
+
+
+def build_manifest(shard_records: Sequence[dict], *, source: str, input: Optional[str], options: dict,
+                   n_parts: int, parts_complete: Sequence[int]) -> dict:
+    """Aggregate the per-shard records of a run (one or several parts) into `manifest.json`.
+
+    A shard record holds: name, part, samples, sha256, bytes, counts {source: {}, kind: {}},
+    frames {frame_count: samples}, failures [{"id", "input", "reason"}].
+    """
+    by_source: Counter = Counter()
+    by_kind: Counter = Counter()
+    frames: Counter = Counter()
+    failures = 0
+    shards = []
+    for rec in sorted(shard_records, key=lambda r: r["name"]):
+        by_source.update(rec["counts"]["source"])
+        by_kind.update(rec["counts"]["kind"])
+        frames.update({int(k): v for k, v in rec["frames"].items()})
+        failures += len(rec["failures"])
+        if rec["samples"]:
+            shards.append({"name": rec["name"], "path": rec["name"], "part": rec["part"],
+                           "samples": rec["samples"], "sha256": rec["sha256"], "bytes": rec["bytes"]})
+    parts = sorted({rec["part"] for rec in shard_records})
+    return {
+        "format": FORMAT,
+        "fvlm_version": fvlm_version(),
+        "source": source,
+        "input": input,
+        "options": options,
+        "part": parts[0] if len(parts) == 1 else None,  # "i/n" when the directory holds one part
+        "parts": {"n": n_parts, "complete": sorted(parts_complete)},
+        "complete": len(set(parts_complete)) == n_parts,
+        "samples": sum(s["samples"] for s in shards),
+        "failures": failures,
+        "counts": {"source": dict(sorted(by_source.items())), "kind": dict(sorted(by_kind.items()))},
+        "frames_histogram": {str(k): frames[k] for k in sorted(frames)},
+        "shards": shards,
+    }
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """`manifest.json` of a shard directory; `DataError` when it is missing or unreadable."""
+    path = Path(directory)
+    if path.is_dir():
+        path = path / MANIFEST
+    if not path.exists():
+        raise DataError(f"no {MANIFEST} in {path.parent} (run `fvlm precompute` into it first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict) or "shards" not in manifest:
+        raise DataError(f"{path}: not an fvlm shard manifest")
+    return manifest
+
+
+def shard_paths(path_or_dir: str | Path) -> list[Path]:
+    """The tar files of a shard directory (from its manifest when present, else `*.tar`), or one tar."""
+    path = Path(path_or_dir)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"shard path not found: {path}")
+    if (path / MANIFEST).exists():
+        return [path / s["path"] for s in read_manifest(path)["shards"]]
+    return sorted(path.glob("*.tar"))
+
+
+# ---------------------------------------------------------------- reading
+
+def iter_shard_samples(path_or_dir: str | Path, *, decode: str = "pil") -> Iterator[dict]:
+    """Yield the samples of a tar (or of every tar of a directory) in stored order.
+
+    Each item: {"__key__", "__shard__", "json": dict, "frames": [PIL.Image] (decode="pil"),
+    [S, S, 3] uint8 arrays (decode="numpy") or JPEG bytes (decode="bytes")}.
+    """
+    for tar_path in shard_paths(path_or_dir):
+        with tarfile.open(tar_path, "r") as tar:
+            current: Optional[str] = None
+            members: dict[str, bytes] = {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if key != current and current is not None:
+                    yield _decode_sample(tar_path, current, members, decode)
+                    members = {}
+                current = key
+                members[ext] = tar.extractfile(member).read()
+            if current is not None:
+                yield _decode_sample(tar_path, current, members, decode)
+
+
+def _decode_sample(tar_path: Path, key: str, members: dict[str, bytes], decode: str) -> dict:
+    if "json" not in members:
+        raise DataError(f"{tar_path}: sample {key} has no json member")
+    record = json.loads(members["json"])
+    jpgs = [members[k] for k in sorted(k for k in members if k.endswith(".jpg"))]
+    if decode == "bytes":
+        frames: list = jpgs
+    else:
+        from PIL import Image
+
+        frames = [Image.open(io.BytesIO(b)).convert("RGB") for b in jpgs]
+        if decode == "numpy":
+            import numpy as np
+
+            frames = [np.asarray(f) for f in frames]
+    return {"__key__": key, "__shard__": str(tar_path), "json": record, "frames": frames}
