@@ -39,6 +39,8 @@ def load_tokenizer(name: str) -> Any:
         if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
             raise ModelLoadError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
         try:
+            if (path / "tokenizer.json").exists():  # fvlm folders: AutoTokenizer would read our config.json as an LLM's
+                return _check(PreTrainedTokenizerFast.from_pretrained(str(path)), name)
             return _check(AutoTokenizer.from_pretrained(str(path)), name)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{path}: cannot load its tokenizer ({_first_line(e)})") from None
