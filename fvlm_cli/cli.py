@@ -47,7 +47,11 @@ def main() -> None:
 
     debug = "--debug" in sys.argv or os.environ.get("FVLM_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        if isinstance(rv, int) and rv:  # typer returns 130 for Ctrl-C instead of raising
+            if rv == 130:
+                _err("interrupted")
+            sys.exit(rv)
     except FvlmError as e:
         if debug:
             raise
