@@ -305,6 +305,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = 
     dev = resolve_device(device)
     if spec in preset_names():
         mcfg = preset(spec, overrides)
+        torch.manual_seed(0)  # a random-init preset is the same model every time it is loaded
         model = build_model(mcfg)
         lm = LoadedModel(model, load_tokenizer(mcfg.tokenizer or mcfg.llm), mcfg, source=f"preset:{spec}",
                          naming="random-init" if not mcfg.pretrained else "base-weights")

@@ -173,7 +173,7 @@ class FoveatedVLM(nn.Module):
     def fine_queries(self, text_emb, cache, frame_mask, attention_mask, visual_pos) -> torch.Tensor:
         """The coarse pass: q_static tokens -> LLM over [text[:p], visual] -> queries [B, T, Dq] for the fine read."""
         B, T = frame_mask.shape
-        coarse = self.read(self.q_static.expand(B * T, -1).reshape(B, T, -1), cache, frame_mask)
+        coarse = self.read(self.q_static.expand(B * T, -1).reshape(B, T, self.query_dim), cache, frame_mask)
         layout = build_layout(attention_mask, frame_mask, visual_pos, text="prefix")
         h = self._run_packed(text_emb, coarse, layout)
         h_vis = h.gather(1, layout.vis_pos.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))  # [B, T, D]
@@ -218,12 +218,13 @@ class FoveatedVLM(nn.Module):
             hidden = _scatter(hidden, h, pos)
         return hidden, stream
 
-    def visual_tokens(self, frames, frame_mask, mode, text_emb=None, attention_mask=None, visual_pos=None):
-        """The visual tokens a non-autoregressive mode feeds the LLM: [B, T, D_llm]."""
+    def visual_tokens(self, frames, frame_mask, mode, text_emb=None, attention_mask=None, visual_pos=None, cache=None):
+        """The visual tokens a non-autoregressive mode feeds the LLM: [B, T, D_llm] (pass `cache` to reuse DINO)."""
         B, T = frame_mask.shape
-        cache, _ = self.encode_frames(frames, frame_mask)
+        if cache is None:
+            cache, _ = self.encode_frames(frames, frame_mask)
         if mode == "coarse_only":
-            return self.read(self.q_static.expand(B * T, -1).reshape(B, T, -1), cache, frame_mask)
+            return self.read(self.q_static.expand(B * T, -1).reshape(B, T, self.query_dim), cache, frame_mask)
         return self.read(self.fine_queries(text_emb, cache, frame_mask, attention_mask, visual_pos), cache, frame_mask)
 
     # ---- the contract ---------------------------------------------------------------------
