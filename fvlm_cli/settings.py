@@ -67,7 +67,6 @@ class DataConfig:
     replicate_images: bool = field(True, help="replicate single-frame images to media.image_frames")
     frame_budget: int = field(0, help="if > 0, cap frames per micro-batch (frame-budget batching)")
     shuffle_buffer: int = field(256, help="sample shuffle buffer size")
-    resample: bool = field(False, help="sample shards with replacement (infinite stream, equal steps on every rank)")
     seed: int = field(0, help="data order seed")
 
 

@@ -126,6 +126,22 @@ def test_webvid_over_http(http_server, tmp_path, clip):
     assert not [p for p in (out / ".fvlm-state" / "downloads").rglob("*") if p.is_file()]  # dropped once used
 
 
+def test_retry_failed_redoes_only_shards_with_failures(http_server, tmp_path, clip):
+    u = http_server.url
+    http_server.files["/a.mp4"] = clip
+    (tmp_path / "m.csv").write_text("videoid,contentUrl,duration,page_dir,name\n"
+                                    f"a,{u}/a.mp4,PT2S,p,first\nb,{u}/b.mp4,PT2S,p,second\n"
+                                    f"c,{u}/a.mp4,PT2S,p,third\n")
+    kw = dict(workers=0, progress=False, fetch_options=FAST, shard_size=2, opts=SourceOptions(image_size=32))
+    out = tmp_path / "out"
+    assert run_precompute("webvid", str(tmp_path / "m.csv"), out, **kw)["failures"] == 1
+    http_server.files["/b.mp4"] = clip  # the server is back
+    assert run_precompute("webvid", str(tmp_path / "m.csv"), out, **kw)["failures"] == 1  # plain resume
+    again = run_precompute("webvid", str(tmp_path / "m.csv"), out, retry_failed=True, **kw)
+    assert again["failures"] == 0 and again["shards_resumed"] == 1
+    assert list(records(out)) == ["a", "b", "c"] and failures(out) == {}
+
+
 def test_webvid_layout_errors_and_local_videos(tmp_path, clip):
     (tmp_path / "a.csv").write_text("video,caption\nx.mp4,hello\n")
     with pytest.raises(DataError, match="not a WebVid metadata CSV"):

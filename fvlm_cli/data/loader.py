@@ -34,6 +34,9 @@ How samples are read (shards written as SPEC §3.2, local files):
 - The mixture draws the next sample's set deterministically from (seed, rank, worker, draw number): with
   probability `data.text_fraction` a text set (`data.text`, by weight), else a training set (`data.train`, by
   weight). Text-only samples travel like any other (T = 0); none is dropped for lacking frames (SPEC §10).
+- Each sample is put in question_first order with probability `chat.question_first_ratio` (when that is 0:
+  all samples in `chat.order`), drawn from the same deterministic stream.
+- `data.resample` is not used: the endless epoch stream already gives every rank the same number of steps.
 - Images (json "media_type" == "image", or one frame and no media_type) are replicated to
   `media.image_frames` frames when `data.replicate_images`.
 - Samples whose answer is fully truncated at `data.max_text_tokens` are dropped and counted (`loader.dropped`).
@@ -54,7 +57,7 @@ API:
     TrainLoader: iterable of batches; state_dict() / load_state_dict(state); .dropped, .samples, .batches, .epochs
     build_eval_loader(path, tokenizer, cfg, *, stage, limit=None, batch_size=None, order=None, dpo=False) -> EvalLoader
     collate(samples: list[Sample], *, pad_id, image_size) -> batch dict
-    discover_shards(spec) -> list[str]; index_shard(path) -> list[SampleLoc]
+    discover_shards(spec) -> list[str]; index_shard(path) -> tuple[SampleLoc, ...] (header scan, cached)
 """
 
 from __future__ import annotations

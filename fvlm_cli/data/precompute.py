@@ -9,7 +9,9 @@ How a run is laid out, so that it is deterministic, splittable and resumable:
   (samples, sha256, counts, failures). A re-run skips a shard whose record, plan and sha256 match, so a
   killed run resumes without duplicating or losing a sample;
 - `manifest.json` and `failures.jsonl` are rebuilt from the records of every part in the directory, so
-  parts run on several machines into one shared directory add up to one manifest.
+  parts run on several machines into one shared directory add up to one manifest (two parts finishing at
+  the same instant may each miss the other's last shard in it: re-running any part, which resumes
+  everything at once, rewrites it complete).
 """
 
 from __future__ import annotations
