@@ -46,7 +46,7 @@ class _Steps:
         return info
 
 
-def run_speedrun(out: str | Path = "runs/speedrun", preset: str = "tiny", *, n_videos: int = 240,
+def run_speedrun(out: str | Path = "runs/speedrun", preset: str = "tiny", *, n_videos: int = 400,
                  steps_scale: float = 1.0, workers: int | None = None, device: str = "auto",
                  overrides: list[str] | None = None) -> dict:
     from fvlm_cli.data.precompute import run_precompute

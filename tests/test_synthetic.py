@@ -120,11 +120,20 @@ def test_mcq_correct_and_unambiguous():
             assert assistant == {"role": "assistant", "content": r["answer"]}
 
 
-def test_mcq_answer_letters_balanced():
+def test_mcq_fixed_option_order_letter_names_the_answer():
+    for i in range(40):
+        v = make_video(i, seconds=1, fps=1, size=16)
+        for r in samples_for(v, "v.mp4"):
+            if r["kind"] == "mcq":
+                assert r["options"] == syn._options(r["category"])  # the same order for every video
+                assert r["options"][syn.LETTERS.index(r["answer"])] == syn._truth(v, r["category"])
+
+
+def test_mcq_answer_letters_balanced_when_shuffled():
     letters = Counter()
     per_category = {c: Counter() for c in syn.CATEGORIES}
     for i in range(200):
-        for r in samples_for(make_video(i, seconds=1, fps=1, size=16), "v.mp4"):
+        for r in samples_for(make_video(i, seconds=1, fps=1, size=16), "v.mp4", shuffle_options=True):
             if r["kind"] == "mcq":
                 letters[r["answer"]] += 1
                 per_category[r["category"]][r["answer"]] += 1

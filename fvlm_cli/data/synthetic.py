@@ -169,11 +169,13 @@ def format_mcq(question: str, options: list[str]) -> str:
     return "\n".join(lines)
 
 
-def samples_for(v: SyntheticVideo, video_path: str, *, seed: int = 0) -> list[dict]:
+def samples_for(v: SyntheticVideo, video_path: str, *, seed: int = 0, shuffle_options: bool = False) -> list[dict]:
     """All records of one video: caption, sft (2-3 turns), one mcq per category, dpo.
 
-    MCQ answer letters cycle with (video index + category + seed), so over any 4 consecutive videos every
-    category has each letter exactly once: the letter carries no information.
+    MCQ options are listed in a fixed order per category by default (A. red, B. green, ...), so the letter
+    names what was seen and the benchmark measures visual grounding; a tiny model does not learn in-context
+    option matching in CPU minutes (docs/LOG.md). With `shuffle_options`, answer letters cycle with
+    (video index + category + seed), so over any 4 consecutive videos every category has each letter once.
     """
     rng = random.Random(f"{seed}/{v.seed}/{v.index}")
     base = {"source": SOURCE, "media": str(video_path)}
@@ -191,9 +193,13 @@ def samples_for(v: SyntheticVideo, video_path: str, *, seed: int = 0) -> list[di
     for ci, cat in enumerate(CATEGORIES):
         truth = _truth(v, cat)
         others = [o for o in _options(cat) if o != truth]
-        rng.shuffle(others)
-        pos = (v.index + ci + seed) % 4
-        options = others[:pos] + [truth] + others[pos:]
+        rng.shuffle(others)  # drawn either way, so the other records do not depend on the option order
+        if shuffle_options:
+            pos = (v.index + ci + seed) % 4
+            options = others[:pos] + [truth] + others[pos:]
+        else:
+            options = _options(cat)
+            pos = options.index(truth)
         question = _MCQ_QUESTIONS[cat]
         records.append(dict(base, id=f"{v.id}-mcq-{cat}", kind="mcq", question=question, options=options,
                             answer=LETTERS[pos], category=cat, cluster=v.id, messages=[

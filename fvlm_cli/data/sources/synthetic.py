@@ -8,6 +8,8 @@ with offsets train 0, val 1,000,000, bench 2,000,000, so no val/bench video is e
 Knobs (`--set key=value`), with their defaults:
     n_videos   200 (train), 50 (val, bench)     seconds  8     fps   4      size  64
     n_text     100 (train), 20 (val), 0 (bench) text-only samples
+    shuffle_options  0: MCQ options in a fixed order per category (the letter names what was seen);
+                     1: shuffled with balanced answer letters (tests in-context option matching)
     kinds      all of caption,sft,mcq,dpo,text (train, val); mcq (bench)  - comma-separated filter
 The mp4 files go to `media_dir` (the driver sets OUT/_media), one folder per split and parameters, and are
 reused by a re-run. Samples of one video are consecutive (the workers decode each video once).
@@ -36,7 +38,7 @@ _DEFAULTS = {
     "val": {"n_videos": 50, "n_text": 20, "kinds": ",".join(KINDS)},
     "bench": {"n_videos": 50, "n_text": 0, "kinds": "mcq"},
 }
-_COMMON = {"seconds": 8, "fps": 4, "size": 64}
+_COMMON = {"seconds": 8, "fps": 4, "size": 64, "shuffle_options": 0}
 _EXTRA_KEYS = ("media_dir",)
 _MCQ_KEYS = ("question", "options", "answer", "category", "cluster")
 _DPO_KEYS = ("chosen", "rejected")
@@ -52,12 +54,12 @@ def knobs(opts: SourceOptions) -> dict[str, Any]:
     if unknown:
         raise DataError(f"synthetic: unknown option(s) {', '.join(unknown)} (valid: {', '.join(values)})")
     values.update({k: v for k, v in opts.extra.items() if k in values})
-    for key in ("n_videos", "n_text", "seconds", "fps", "size"):
+    for key in ("n_videos", "n_text", "seconds", "fps", "size", "shuffle_options"):
         try:
             values[key] = int(values[key])
         except (TypeError, ValueError):
             raise DataError(f"synthetic: {key} must be an integer, got {values[key]!r}") from None
-        if values[key] < (0 if key in ("n_videos", "n_text") else 1):
+        if values[key] < (0 if key in ("n_videos", "n_text", "shuffle_options") else 1):
             raise DataError(f"synthetic: {key} must be positive, got {values[key]}")
     kinds = values["kinds"]
     kinds = [k.strip() for k in (kinds.split(",") if isinstance(kinds, str) else kinds) if str(k).strip()]
@@ -87,7 +89,7 @@ def _samples(k: dict, seed: int, folder: Path) -> Iterator[RawSample]:
             video = synthetic.make_video(SPLITS[k["split"]] + j, seed=seed, seconds=k["seconds"], fps=k["fps"],
                                          size=k["size"])
             path = folder / f"{video.id}.mp4"
-            records = [r for r in synthetic.samples_for(video, path, seed=seed) if r["kind"] in kinds]
+            records = [r for r in synthetic.samples_for(video, path, seed=seed, shuffle_options=bool(k["shuffle_options"])) if r["kind"] in kinds]
             if not records:
                 continue
             if not path.exists():  # written once; a re-run (resume) reuses the file
