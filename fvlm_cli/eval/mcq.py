@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from fvlm_cli.eval.letters import answer_letter, index as letter_index, letter as option_letter
-from fvlm_cli.model.vlm import MODES, LLMStream, build_layout
+from fvlm_cli.model.vlm import MODES, LLMStream
 
 METHODS = ("loglik", "generate")
 ANSWER_FORMATS = ("letter", "text")
@@ -128,23 +128,11 @@ def prefix(model, cache, flat_idx, text_emb: torch.Tensor, frame_mask: torch.Ten
     """The visual + prompt prefix of one mode on an open stream, from DINO's cache (no re-encoding).
 
     Returns (stream, h_last [B, D]): h_last is the hidden state of each prompt's last token; it predicts the
-    first answer token. `FoveatedVLM.visual_tokens` does the same but encodes the frames itself.
+    first answer token.
     """
-    B, T = frame_mask.shape
-    layout = build_layout(attention_mask, frame_mask, visual_pos)
-    if mode == "autoregressive":
-        hidden, stream = model._autoregressive(text_emb, cache, flat_idx, frame_mask, attention_mask, visual_pos, layout)
-    else:
-        if mode == "coarse_only":
-            queries = model.q_static.expand(B * T, -1).reshape(B, T, model.query_dim)
-        else:
-            queries = model.fine_queries(text_emb, cache, frame_mask, attention_mask, visual_pos)
-        vis = model.read(queries, cache, frame_mask)
-        D = text_emb.shape[-1]
-        table = torch.cat([text_emb.reshape(-1, D), vis.to(text_emb.dtype).reshape(-1, D)], dim=0)
-        emb = table[layout.index] * layout.valid[..., None].to(table.dtype)
-        stream = LLMStream(model.llm, B, text_emb.device)
-        hidden = stream.step(emb, layout.valid)
+    B = frame_mask.shape[0]
+    layout, hidden, stream = model.prefill(text_emb, None, frame_mask, attention_mask, visual_pos, mode,
+                                           cache=cache, flat_idx=flat_idx)
     last = layout.valid.long().sum(1) - 1
     return stream, hidden[torch.arange(B, device=hidden.device), last]
 

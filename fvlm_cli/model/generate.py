@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fvlm_cli.model.vlm import MODES, LLMStream, build_layout
+from fvlm_cli.model.vlm import MODES
 
 
 @dataclass
@@ -57,18 +57,8 @@ def generate_ids(model, frames: torch.Tensor, frame_mask: torch.Tensor, input_id
     B, S = input_ids.shape
     dev = input_ids.device
     frame_mask = frame_mask.bool()
-    text_emb = model.embed_text(input_ids)
-    layout = build_layout(attention_mask, frame_mask, visual_pos)
-    if mode == "autoregressive":
-        cache, flat_idx = model.encode_frames(frames, frame_mask)
-        hidden, stream = model._autoregressive(text_emb, cache, flat_idx, frame_mask, attention_mask, visual_pos, layout)
-    else:
-        vis = model.visual_tokens(frames, frame_mask, mode, text_emb, attention_mask, visual_pos)
-        D = text_emb.shape[-1]
-        table = torch.cat([text_emb.reshape(B * S, D), vis.to(text_emb.dtype).reshape(-1, D)], dim=0)
-        emb = table[layout.index] * layout.valid[..., None].to(table.dtype)
-        stream = LLMStream(model.llm, B, dev)
-        hidden = stream.step(emb, layout.valid)
+    layout, hidden, stream = model.prefill(model.embed_text(input_ids), frames, frame_mask, attention_mask,
+                                           visual_pos, mode)
     last = layout.valid.long().sum(1) - 1
     h = hidden[torch.arange(B, device=dev), last]  # [B, D]
     gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None

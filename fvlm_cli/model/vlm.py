@@ -161,11 +161,17 @@ class FoveatedVLM(nn.Module):
         out[frame_mask] = tok
         return out
 
+    @staticmethod
+    def pack(text_emb: torch.Tensor, vis: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """Text [B, S, D] + visual [B, T, D] embeddings -> the packed, right-padded sequence [B, L, D]."""
+        D = text_emb.shape[-1]
+        table = torch.cat([text_emb.reshape(-1, D), vis.to(text_emb.dtype).reshape(-1, D)], dim=0)
+        return table[layout.index] * layout.valid[..., None].to(table.dtype)
+
     def _run_packed(self, text_emb: torch.Tensor, vis: torch.Tensor, layout: Layout) -> torch.Tensor:
         """One full LLM pass over a packed, right-padded sequence -> hidden [B, L, D]."""
-        B, S, D = text_emb.shape
-        table = torch.cat([text_emb.reshape(B * S, D), vis.to(text_emb.dtype).reshape(-1, D)], dim=0)
-        emb = table[layout.index] * layout.valid[..., None].to(table.dtype)
+        B = text_emb.shape[0]
+        emb = self.pack(text_emb, vis, layout)
         pos = torch.arange(emb.shape[1], device=emb.device)[None].expand(B, -1)
         out = self.llm.model(inputs_embeds=emb, attention_mask=layout.valid.long(), position_ids=pos, use_cache=False)
         return out.last_hidden_state
@@ -226,6 +232,21 @@ class FoveatedVLM(nn.Module):
         if mode == "coarse_only":
             return self.read(self.q_static.expand(B * T, -1).reshape(B, T, self.query_dim), cache, frame_mask)
         return self.read(self.fine_queries(text_emb, cache, frame_mask, attention_mask, visual_pos), cache, frame_mask)
+
+    def prefill(self, text_emb, frames, frame_mask, attention_mask, visual_pos, mode, cache=None, flat_idx=None):
+        """Run a prompt in `mode` onto an open KV cache (generation, MCQ scoring).
+
+        Returns (layout, hidden [B, L, D], stream). Pass `cache`/`flat_idx` from `encode_frames` to reuse DINO."""
+        if cache is None:
+            cache, flat_idx = self.encode_frames(frames, frame_mask)
+        layout = build_layout(attention_mask, frame_mask, visual_pos)
+        if mode == "autoregressive":
+            hidden, stream = self._autoregressive(text_emb, cache, flat_idx, frame_mask, attention_mask, visual_pos, layout)
+        else:
+            vis = self.visual_tokens(frames, frame_mask, mode, text_emb, attention_mask, visual_pos, cache=cache)
+            stream = LLMStream(self.llm, text_emb.shape[0], text_emb.device)
+            hidden = stream.step(self.pack(text_emb, vis, layout), layout.valid)
+        return layout, hidden, stream
 
     # ---- the contract ---------------------------------------------------------------------
     def forward(self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
