@@ -65,7 +65,7 @@ def run_speedrun(out: str | Path = "runs/speedrun", preset: str = "tiny", *, n_v
         t0 = time.perf_counter()
         counts = {}
         for name, split, kinds in DATA_SETS:
-            extra = {"kinds": kinds}
+            extra = {"kinds": kinds, "media_dir": str(data / "_media")}  # each video is encoded once for all sets
             if split == "train":
                 extra["n_videos"] = n_videos
             _say(f"precompute synthetic {split} [{kinds}] -> {data / name}")
@@ -121,11 +121,15 @@ def run_speedrun(out: str | Path = "runs/speedrun", preset: str = "tiny", *, n_v
         from fvlm_cli.model.build import load_model
         from fvlm_cli.model.generate import generate
 
+        from fvlm_cli.data import synthetic
+        from fvlm_cli.data.sources.synthetic import SPLITS
+
         lm = load_model(str(final), device=device)
-        video = sorted((data / "bench" / "_media").rglob("*.mp4"))[0]
+        sample = synthetic.make_video(SPLITS["bench"] + 7, size=lm.model.image_size)  # a held-out video
+        video = synthetic.write_video_file(sample, out / "sample.mp4")
         caps = {m: generate(lm, [str(video)], "Describe this video.", mode=m, max_new_tokens=24)[0].text
                 for m in ("coarse_only", "coarse_fine", "autoregressive")}
-        rec = steps.finish("caption", {"video": str(video), "captions": caps})
+        rec = steps.finish("caption", {"video": str(video), "truth": synthetic.caption_for(sample), "captions": caps})
     info["caption"] = rec
     info["seconds"] = time.perf_counter() - t_all
     report = write_report(out, info)
@@ -189,7 +193,8 @@ def write_report(out: Path, info: dict) -> Path:
     ax.set_ylabel("accuracy %"); ax.set_ylim(0, 100); ax.legend()
     fig.tight_layout(); fig.savefig(out / "accuracy_by_mode.png", dpi=100); plt.close(fig)
     c = info["caption"]
-    lines += ["", f"## Captions of `{Path(c['video']).name}`", "", "| mode | caption |", "|---|---|"]
+    lines += ["", f"## Captions of a held-out video (`{Path(c['video']).name}`)", "", f"Truth: {c.get('truth', '?')}", "",
+              "| mode | caption |", "|---|---|"]
     lines += [f"| {m} | {t} |" for m, t in c["captions"].items()]
     lines += ["", f"Total {info['seconds'] / 60:.1f} min.", "", "![loss](loss_curves.png) ![accuracy](accuracy_by_mode.png)", ""]
     path = out / "report.md"
