@@ -133,7 +133,8 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)  # text-only batches leave the vision path unused
     stage = 3 if dpo else cfg.train.stage
-    loader = build_train_loader(cfg, tokenizer, stage=stage, rank=rank, world_size=world, dpo=dpo)
+    loader = build_train_loader(cfg, tokenizer, stage=stage, rank=rank, world_size=world, dpo=dpo,
+                                pin_memory=device.type == "cuda")  # so non_blocking copies really overlap
     val_batches = []
     if cfg.data.val:
         val_batches = list(build_eval_loader(cfg.data.val, tokenizer, cfg, stage=stage, limit=cfg.data.val_samples,
