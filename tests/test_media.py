@@ -314,3 +314,23 @@ def test_errors_for_bytes_and_baseline(tmp_path):
         decode_all_frames_baseline(write_audio_only(tmp_path / "song.wav"))
     with pytest.raises(MediaError, match="missing.mkv"):
         load_video(tmp_path / "missing.mkv")
+
+
+def test_frame_folder_sampled_like_a_video(tmp_path):
+    """MVBench's TVQA clips are folders of 3-fps frames: 30 frames = 10 s -> 10 frames at 1 fps."""
+    from PIL import Image
+
+    from fvlm_cli.data.media import load_media
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(30):
+        Image.new("RGB", (80, 60), (i * 8, 0, 0)).save(folder / f"{i + 1:05d}.jpg")
+    clip = load_media(folder, fps=1.0, image_size=32)
+    assert clip.frames.shape == (10, 32, 32, 3) and not clip.is_image
+    assert clip.duration == pytest.approx(10.0)
+    assert clip.timestamps[0] == pytest.approx(0.0 + 1 / 3) and clip.timestamps[-1] == pytest.approx(9.0 + 1 / 3)
+    reds = [int(f[..., 0].mean()) for f in clip.frames]
+    assert reds == sorted(reds)  # in time order
+    capped = load_media(folder, fps=1.0, max_frames=4, image_size=32, kind="frames")
+    assert len(capped.timestamps) == 4 and capped.timestamps[-1] > 8

@@ -361,3 +361,25 @@ def test_an_archive_member_escaping_its_folder_is_refused(tmp_path):
     with pytest.raises(DataError, match="escapes"):
         _hub.extract_archives(tmp_path, (".zip",))
     assert not (tmp_path.parent / "evil.mp4").exists()
+
+
+@pytest.mark.parametrize("name, builder", [("scienceqa", "build_scienceqa"), ("mvbench", "build_mvbench")])
+def test_precompute_keeps_text_only_mcq_and_frame_folders(tmp_path, name, builder):
+    """Image-less ScienceQA questions stay (text-only MCQ) and MVBench TVQA frame folders decode."""
+    import fixtures_datasets as fx
+
+    from fvlm_cli.data.precompute import run_precompute
+    from fvlm_cli.data.shards import iter_shard_samples
+
+    root = getattr(fx, builder)(tmp_path / "in")
+    out = tmp_path / "out"
+    summary = run_precompute(name, str(root), out, workers=0, opts=SourceOptions(image_size=32), progress=False)
+    records = [s["json"] for s in iter_shard_samples(out, decode="bytes")]
+    failures = (out / "failures.jsonl").read_text().splitlines() if (out / "failures.jsonl").exists() else []
+    reasons = " ".join(failures)
+    assert "needs a video or image" not in reasons and "frames" not in reasons, reasons
+    assert records and all(r["kind"] == "mcq" for r in records)
+    if name == "scienceqa":
+        assert any(r["frame_count"] == 0 for r in records)
+    else:
+        assert all(r["frame_count"] > 0 for r in records)

@@ -199,10 +199,13 @@ def load_media(src: Source, *, fps: float = 1.0, max_frames: int = 64, image_siz
                kind: str = "auto") -> Clip:
     """Load a video or image as a `Clip`; `src` is a local path, the encoded file's bytes, or a PIL image.
 
-    kind: auto (extension, then magic bytes: gif is a video) | video | image.
+    kind: auto (extension, then magic bytes: gif is a video; a directory is a frame folder) | video | image
+    | frames (a directory of frame images, see `load_frames`).
     """
-    if kind not in ("auto", "video", "image"):
-        raise ValueError(f"kind must be auto, video or image, got {kind!r}")
+    if kind not in ("auto", "video", "image", "frames"):
+        raise ValueError(f"kind must be auto, video, image or frames, got {kind!r}")
+    if kind == "frames" or (kind == "auto" and isinstance(src, (str, os.PathLike)) and Path(src).is_dir()):
+        return load_frames(src, fps=fps, max_frames=max_frames, image_size=image_size)
     if isinstance(src, Image.Image):
         if kind == "video":
             raise MediaError(f"{_source_name(src)}: a PIL image cannot be read as a video")
@@ -248,6 +251,27 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+FRAME_FOLDER_FPS = 3.0  # MVBench's TVQA frame folders (frames_fps3_hq) hold 3 frames per second
+
+
+def load_frames(folder, *, fps: float = 1.0, max_frames: int = 64, image_size: int = 224,
+                source_fps: float = FRAME_FOLDER_FPS) -> Clip:
+    """A directory of frame images (sorted by name, `source_fps` apart) sampled by the same policy as a video."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise MediaError(f"{path}: not a frame folder")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise MediaError(f"{path}: frame folder holds no images")
+    duration = len(files) / source_fps
+    picked, stamps = [], []
+    for t in sample_timestamps(duration, fps, max_frames):
+        i = min(len(files) - 1, int(t * source_fps))  # the frame shown at time t
+        picked.append(load_image(files[i], image_size=image_size).frames[0])
+        stamps.append(i / source_fps)
+    return Clip(np.stack(picked), stamps, False, duration, str(path))
 
 
 def load_image(src: Source, *, image_size: int = 224) -> Clip:

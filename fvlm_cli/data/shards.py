@@ -60,7 +60,7 @@ def check_sample(id: str, kind: str, messages: Any, media: Any, extra: dict) -> 
             raise DataError(f"malformed message {str(m)[:80]!r} (need role in {ROLES} and string content)")
     if kind == "text" and media is not None:
         raise DataError("a text sample cannot have media")
-    if kind != "text" and media is None:
+    if kind in ("caption", "dpo") and media is None:  # mcq/sft may be text-only (e.g. ScienceQA without image)
         raise DataError(f"a {kind} sample needs a video or image")
     needed = DPO_KEYS if kind == "dpo" else MCQ_KEYS[:3] if kind == "mcq" else ()
     missing = [k for k in needed if extra.get(k) in (None, "")]
