@@ -326,7 +326,7 @@ def test_frame_folder_sampled_like_a_video(tmp_path):
     folder.mkdir()
     for i in range(30):
         Image.new("RGB", (80, 60), (i * 8, 0, 0)).save(folder / f"{i + 1:05d}.jpg")
-    clip = load_media(folder, fps=1.0, image_size=32)
+    clip = load_media(folder, fps=1.0, image_size=32, kind="frames")
     assert clip.frames.shape == (10, 32, 32, 3) and not clip.is_image
     assert clip.duration == pytest.approx(10.0)
     assert clip.timestamps[0] == pytest.approx(0.0 + 1 / 3) and clip.timestamps[-1] == pytest.approx(9.0 + 1 / 3)

@@ -199,12 +199,12 @@ def load_media(src: Source, *, fps: float = 1.0, max_frames: int = 64, image_siz
                kind: str = "auto") -> Clip:
     """Load a video or image as a `Clip`; `src` is a local path, the encoded file's bytes, or a PIL image.
 
-    kind: auto (extension, then magic bytes: gif is a video; a directory is a frame folder) | video | image
-    | frames (a directory of frame images, see `load_frames`).
+    kind: auto (extension, then magic bytes: gif is a video) | video | image | frames (a directory of frame
+    images, see `load_frames`; only when asked, so a directory given by mistake stays an error).
     """
     if kind not in ("auto", "video", "image", "frames"):
         raise ValueError(f"kind must be auto, video, image or frames, got {kind!r}")
-    if kind == "frames" or (kind == "auto" and isinstance(src, (str, os.PathLike)) and Path(src).is_dir()):
+    if kind == "frames":
         return load_frames(src, fps=fps, max_frames=max_frames, image_size=image_size)
     if isinstance(src, Image.Image):
         if kind == "video":
