@@ -324,3 +324,26 @@ def mcq_sample(
         extra={"question": question.strip(), "options": options, "answer": letter,
                "category": category, "cluster": cluster, **(extra or {})},
     )
+
+
+def json_task_rows(tasks, name: str, kind: str, make):
+    """Rows of per-task JSON annotation files (MVBench, MLVU): `make(task, id, row)` -> RawSample; a bad
+    row becomes an error sample with id `<task>-<index>`."""
+    for task, path in tasks:
+        for i, (row, bad) in enumerate(iter_json_records(path)):
+            id = f"{task}-{i:04d}"
+            try:
+                if bad:
+                    raise ValueError(bad)
+                yield make(task, id, row)
+            except BAD_ROW as e:
+                yield error_sample(id, name, kind, row_error(e))
+
+
+def candidates_and_answer(row: dict) -> tuple[list[str], str]:
+    """The option texts and the answer text of a `candidates`/`answer` row; the answer must be a candidate."""
+    candidates = [str(c) for c in need(row, "candidates")]
+    answer = str(need(row, "answer"))
+    if answer not in candidates:
+        raise ValueError(f"answer {answer!r} is not one of the candidates")
+    return candidates, answer

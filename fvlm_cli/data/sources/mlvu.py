@@ -44,22 +44,11 @@ def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSampl
 
 
 def _samples(root: Path, tasks: list[tuple[str, Path]]) -> Iterator[RawSample]:
-    for task, path in tasks:
-        for i, (row, bad) in enumerate(_hub.iter_json_records(path)):
-            id = f"{task}-{i:04d}"
-            try:
-                if bad:
-                    raise ValueError(bad)
-                yield _sample(root, task, id, row)
-            except _hub.BAD_ROW as e:
-                yield _hub.error_sample(id, NAME, KIND_DEFAULT, _hub.row_error(e))
+    return _hub.json_task_rows(tasks, NAME, KIND_DEFAULT, lambda task, id, row: _sample(root, task, id, row))
 
 
 def _sample(root: Path, task: str, id: str, row: dict) -> RawSample:
-    candidates = [str(c) for c in _hub.need(row, "candidates")]
-    answer = str(_hub.need(row, "answer"))
-    if answer not in candidates:
-        raise ValueError(f"answer {answer!r} is not one of the candidates")
+    candidates, answer = _hub.candidates_and_answer(row)
     video = str(_hub.need(row, "video"))
     extra = {"task": task}
     if row.get("duration") is not None:
