@@ -160,3 +160,19 @@ def test_real_loop_under_torchrun_two_cpu_processes(shards, tmp_path):
     state = torch.load(out / "checkpoints" / "latest" / "trainer_state.pt", weights_only=True)
     assert len(state["loader"]) == 2  # one loader position per rank, for exact resume
     assert [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r] == [1, 2, 3]
+
+
+def test_dpo_precomputed_reference_equals_frozen_copy(shards, tmp_path):
+    from fvlm_cli.train.loop import load_run_config, train
+
+    losses = {}
+    for ref in ("frozen", "precomputed"):
+        cfg = load_run_config(str(ROOT / "configs/train/tiny-dpo.yaml"), [
+            f"data.train=[{{path: {shards}/dpo}}]", "data.batch_size=4", "data.num_workers=0", "train.steps=3",
+            "train.init_from=null", "train.log_every=1", f"out_dir={tmp_path / ref}", f"dpo.reference={ref}"])
+        train(cfg, dpo=True, quiet=True)
+        losses[ref] = _losses(tmp_path / ref)
+    assert (tmp_path / "precomputed" / "ref_logps.json").exists()
+    assert len(json.loads((tmp_path / "precomputed" / "ref_logps.json").read_text())) == 16
+    for step in (1, 2, 3):
+        assert losses["frozen"][step] == pytest.approx(losses["precomputed"][step], rel=1e-5, abs=1e-6)

@@ -16,7 +16,7 @@ def dpo(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (overrides out_dir)."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="The SFT model to align (must exist)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
-    precompute_ref: bool = typer.Option(False, "--precompute-ref", help="Compute reference log-probs once per sample instead of every step."),
+    precompute_ref: bool = typer.Option(False, "--precompute-ref", help="Compute the reference log-probs in one pass before training (RUN/ref_logps.json) and free the reference model."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     gpus: int = typer.Option(0, "--gpus", help="Launch N processes with torchrun."),
     device: str = DeviceOpt,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -113,8 +112,12 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     seed_all(cfg.train.seed)
     model, tokenizer = _initial_model(cfg)
     ref_model = None
-    if dpo and cfg.dpo.reference in ("frozen", "precomputed"):
+    ref_cache: dict[str, tuple[float, float]] = {}
+    if dpo:
         ref_model = copy.deepcopy(model).to(device).eval().requires_grad_(False)  # the initial model, even on resume
+        if cfg.dpo.reference == "precomputed":  # one pass now, then the reference model is freed
+            ref_cache = _precompute_reference(ref_model, cfg, tokenizer, run_dir, device)
+            ref_model = None
     state = None
     if resume:
         from fvlm_cli.model.build import _read_weights
@@ -147,7 +150,6 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     start = state["step"] if state else 0
     samples_seen = state["samples_seen"] if state else 0
     skipped = state.get("skipped", 0) if state else 0
-    ref_cache: dict[str, tuple[float, float]] = {}
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfglib.dump(cfg))
@@ -252,19 +254,41 @@ def _sum_int(x: int, device, world: int) -> int:
 
 
 def _reference(ref_model, pb, batch, cfg, cache, B):
-    """Reference log-probs of chosen/rejected: the frozen initial model, or a per-sample cache of it."""
-    ids = batch.get("ids") or [None] * B
-    if cfg.dpo.reference == "precomputed" and all(i in cache for i in ids):
-        vals = torch.tensor([cache[i] for i in ids], device=pb["frames"].device)
+    """Reference log-probs of chosen/rejected: the frozen initial model, or its precomputed values."""
+    if cfg.dpo.reference == "precomputed":
+        missing = [i for i in batch["ids"] if i not in cache]
+        if missing:
+            raise TrainingError(f"no precomputed reference log-probs for sample {missing[0]!r}; delete ref_logps.json and rerun")
+        vals = torch.tensor([cache[i] for i in batch["ids"]], device=pb["frames"].device)
         return vals[:, 0], vals[:, 1]
     with torch.no_grad():
         out = ref_model(**pb, mode=cfg.train.mode, return_logits=False)
-    ref_c, ref_r = out["logps"][:B].float(), out["logps"][B:].float()
-    if cfg.dpo.reference == "precomputed":
-        for i, c, r in zip(ids, ref_c.tolist(), ref_r.tolist()):
-            if i is not None:
+    return out["logps"][:B].float(), out["logps"][B:].float()
+
+
+@torch.no_grad()
+def _precompute_reference(ref_model, cfg: RunConfig, tokenizer, run_dir: Path, device) -> dict:
+    """Summed answer log-probs of the initial model for every preference pair in data.train, saved in
+    RUN/ref_logps.json (reused on --resume)."""
+    from fvlm_cli.data.loader import build_eval_loader
+
+    path = run_dir / "ref_logps.json"
+    if path.exists():
+        return {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
+    cache = {}
+    for s in cfg.data.train:
+        for batch in build_eval_loader(s.path, tokenizer, cfg, stage=3, dpo=True):
+            b = to_device(batch, device)
+            pb = pair_batch(b)
+            out = ref_model(**pb, mode=cfg.train.mode, return_logits=False)
+            B = b["frames"].shape[0]
+            for i, c, r in zip(b["ids"], out["logps"][:B].tolist(), out["logps"][B:].tolist()):
                 cache[i] = (c, r)
-    return ref_c, ref_r
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # ranks may write the same values at once
+    tmp.write_text(json.dumps(cache))
+    os.replace(tmp, path)
+    return cache
 
 
 def validate(model, batches, modes, device, ac) -> dict:
