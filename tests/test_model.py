@@ -206,3 +206,28 @@ def test_missing_and_unexpected_keys_are_listed(tiny):
 def test_unknown_model_spec_is_clear():
     with pytest.raises(ModelLoadError, match="not a preset"):
         build.load_model("no such thing!")
+
+
+def test_released_layout_torch_file_named_safetensors_with_v4_names(tiny, tmp_path):
+    """sanps/fVLM-135M ships a torch.save()d state dict called model.safetensors, with 4.x DINOv2 names and no
+    fvlm fields in a config: it must load, say which names it found, and give the same outputs."""
+    folder = tmp_path / "release"
+    folder.mkdir()
+    sd = build.convert_dino_keys(build.export_state_dict(tiny), "transformers-4")
+    sd["llm.lm_head.weight"] = sd["llm.model.embed_tokens.weight"]
+    torch.save(sd, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(build.fvlm_config_dict(tiny, build.preset("tiny"), MediaConfig(), ChatConfig())))
+    lm = build.load_folder(folder)
+    assert lm.naming == "transformers-4"
+    frames, ids, am, fm = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model.eval()(frames, ids, am, frame_mask=fm)["logits"],
+                                   tiny(frames, ids, am, frame_mask=fm)["logits"])
+
+
+def test_not_a_weights_file_is_a_clear_error(tmp_path):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(ModelLoadError, match="not a safetensors or torch weights file"):
+        build._read_weights(folder)

@@ -248,16 +248,28 @@ def _preset_for(name: str) -> str:
 def _read_weights(folder: Path) -> dict:
     st = sorted(folder.glob("*.safetensors"))
     if st:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         sd = {}
         for f in st:
-            sd.update(load_file(str(f)))
+            try:
+                sd.update(load_file(str(f)))
+            except SafetensorError:  # the released fVLM-135M's "model.safetensors" is a torch.save file
+                sd.update(_torch_weights(f))
         return sd
     pt = sorted([*folder.glob("*.pt"), *folder.glob("*.bin"), *folder.glob("*.pth")])
     if not pt:
         raise ModelLoadError(f"{folder}: no model.safetensors (or .pt/.bin) weights found")
-    obj = torch.load(str(pt[0]), map_location="cpu", weights_only=True)  # never unpickle code
+    return _torch_weights(pt[0])
+
+
+def _torch_weights(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:  # a file object: torch >= 2.13 routes "*.safetensors" paths to safetensors
+            obj = torch.load(f, map_location="cpu", weights_only=True)  # never unpickle code
+    except Exception as e:
+        raise ModelLoadError(f"{path}: not a safetensors or torch weights file ({str(e).splitlines()[0][:120]})") from None
     for key in ("model_state_dict", "state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -315,7 +327,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = 
         from huggingface_hub import snapshot_download
 
         try:
-            folder = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.md", "*.jinja"])
+            folder = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.pt", "*.bin", "*.txt", "*.model", "*.md", "*.jinja"])
         except Exception as e:  # offline, gated, or missing repo
             raise _hub_error(f"model {spec!r}", e) from None
         lm = load_folder(folder, source=spec)
