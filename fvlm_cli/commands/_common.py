@@ -34,3 +34,14 @@ def existing_path(p: Optional[Path], what: str) -> Path:
     if p is None or not Path(p).exists():
         raise FvlmError(f"{what} not found: {p}")
     return Path(p)
+
+
+def check_media_args(media, order) -> None:
+    """The checks every media command makes before loading a model: --order valid, every file present."""
+    from fvlm_cli.errors import FvlmError
+
+    if order not in (None, "video_first", "question_first"):
+        raise FvlmError(f"--order {order!r}: use video_first or question_first")
+    for m in media:
+        if not Path(m).exists():
+            raise FvlmError(f"media file not found: {m}")

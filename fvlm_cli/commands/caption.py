@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fvlm_cli.commands._common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt
+from fvlm_cli.commands._common import check_media_args, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt
 
 
 def caption(
@@ -34,11 +34,7 @@ def caption(
 
     if mode not in MODES:
         raise FvlmError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
-    if order not in (None, "video_first", "question_first"):
-        raise FvlmError(f"--order {order!r}: use video_first or question_first")
-    for m in media:
-        if not m.exists():
-            raise FvlmError(f"media file not found: {m}")
+    check_media_args(media, order)
 
     from fvlm_cli.model.build import load_model
     from fvlm_cli.model.generate import generate

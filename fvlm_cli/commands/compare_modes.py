@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fvlm_cli.commands._common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt
+from fvlm_cli.commands._common import check_media_args, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt
 
 
 def compare_modes(
@@ -27,15 +27,10 @@ def compare_modes(
     """Compare coarse_only, coarse_fine and autoregressive on the same inputs."""
     import json
 
-    from fvlm_cli.errors import FvlmError
     from fvlm_cli.eval.bench import parse_modes
 
     modes = parse_modes(mode)
-    if order not in (None, "video_first", "question_first"):
-        raise FvlmError(f"--order {order!r}: use video_first or question_first")
-    for m in media:
-        if not m.exists():
-            raise FvlmError(f"media file not found: {m}")
+    check_media_args(media, order)
 
     from fvlm_cli.eval.compare import compare_modes as run
     from fvlm_cli.model.build import load_model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -30,7 +29,6 @@ def list_configs() -> None:
 def show(name: str = typer.Argument(..., help="config name or path"), overrides: Optional[List[str]] = SetOpt) -> None:
     """Print a config fully resolved (defaults filled in, overrides applied)."""
     from fvlm_cli import config
-    from fvlm_cli.settings import RunConfig
 
     typer.echo(config.dump(_resolve(name, overrides)), nl=False)
 
@@ -75,7 +73,7 @@ def keys(section: str = typer.Argument("", help="only keys starting with this pr
 
 def _resolve(name: str, overrides):
     from fvlm_cli import config
-    from fvlm_cli.settings import ModelConfig, RunConfig
+    from fvlm_cli.settings import ModelConfig
 
     data = config.read_yaml(name)
     if "model" not in data and ("llm" in data or "dino" in data):  # a bare model preset
