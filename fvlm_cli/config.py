@@ -178,6 +178,18 @@ def apply_overrides(data: dict, overrides: list[str] | None, cls: type | None = 
     return data
 
 
+def assign(data: dict, key: str, value: Any) -> dict:
+    """Set dotted `key` in the nested dict `data` (creating sections), e.g. flag values on top of a YAML file."""
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[last] = value
+    return data
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.exists():

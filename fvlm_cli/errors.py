@@ -26,6 +26,3 @@ class DataError(FvlmError):
 class TrainingError(FvlmError):
     """Training cannot continue (non-finite losses, bad resume state)."""
 
-
-class NotYetAvailable(FvlmError):
-    """A command or option that this version of fvlm does not provide."""

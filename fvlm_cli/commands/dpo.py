@@ -7,20 +7,22 @@ from typing import List, Optional
 
 import typer
 
-from fvlm_cli.commands._common import ConfigOpt, DeviceOpt, DtypeOpt, PrintConfigOpt, SetOpt
+from fvlm_cli.commands._common import ConfigOpt, PrintConfigOpt, SetOpt, flag
+from fvlm_cli.settings import RunConfig
 
 
 def dpo(
+    ctx: typer.Context,
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (overrides out_dir)."),
-    init_from: Optional[str] = typer.Option(None, "--init-from", help="The SFT model to align (must exist)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
+    out: Optional[str] = flag(RunConfig, "out_dir", "--out", "-o"),
+    init_from: Optional[str] = flag(RunConfig, "train.init_from", "--init-from", help="The SFT model to align (must exist)"),
+    steps: Optional[int] = flag(RunConfig, "train.steps", "--steps"),
     precompute_ref: bool = typer.Option(False, "--precompute-ref", help="Compute the reference log-probs in one pass before training (RUN/ref_logps.json) and free the reference model."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     gpus: int = typer.Option(0, "--gpus", help="Launch N processes with torchrun."),
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
+    device: Optional[str] = flag(RunConfig, "train.device", "--device"),
+    dtype: Optional[str] = flag(RunConfig, "train.dtype", "--dtype"),
     print_config: bool = PrintConfigOpt,
 ) -> None:
     """DPO (sigmoid, beta from config) against a frozen copy of the initial model; TRL metric names."""
@@ -29,4 +31,4 @@ def dpo(
     sets = list(sets or [])
     if precompute_ref:
         sets.append("dpo.reference=precomputed")
-    run_training(config, sets, None, out, device, dtype, init_from, steps, resume, print_config, gpus, dpo=True)
+    run_training(ctx, config, sets, resume, print_config, gpus, dpo=True)

@@ -7,24 +7,13 @@ from typing import List, Optional
 
 import typer
 
-from fvlm_cli.commands._common import ConfigOpt, DeviceOpt, DtypeOpt, PrintConfigOpt, SetOpt
+from fvlm_cli.commands._common import ConfigOpt, PrintConfigOpt, SetOpt, flag
+from fvlm_cli.settings import RunConfig
 
 
-def _overrides(sets, stage, out, device, dtype, init_from, steps) -> list[str]:
-    o = list(sets or [])
-    if stage is not None:
-        o.append(f"train.stage={stage}")
-    if out is not None:
-        o.append(f"out_dir={out}")
-    if device != "auto":
-        o.append(f"train.device={device}")
-    if dtype != "auto":
-        o.append(f"train.dtype={dtype}")
-    if init_from is not None:
-        o.append(f"train.init_from={init_from}")
-    if steps is not None:
-        o.append(f"train.steps={steps}")
-    return o
+# flag -> RunConfig key: the defaults live once, in fvlm_cli/settings.py
+TRAIN_FLAGS = {"stage": "train.stage", "out": "out_dir", "init_from": "train.init_from", "steps": "train.steps",
+               "device": "train.device", "dtype": "train.dtype"}
 
 
 def _launch_torchrun(gpus: int) -> None:
@@ -49,14 +38,15 @@ def _launch_torchrun(gpus: int) -> None:
     raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
 
 
-def run_training(config, sets, stage, out, device, dtype, init_from, steps, resume, print_cfg, gpus, dpo) -> None:
+def run_training(ctx: typer.Context, config, sets, resume, print_cfg, gpus, dpo) -> None:
     from fvlm_cli import config as cfglib
+    from fvlm_cli.commands._common import flag_values
 
     if gpus and gpus > 1:
         _launch_torchrun(gpus)
     from fvlm_cli.train.loop import load_run_config, train as train_loop
 
-    cfg = load_run_config(str(config) if config else None, _overrides(sets, stage, out, device, dtype, init_from, steps))
+    cfg = load_run_config(str(config) if config else None, list(sets or []), flag_values(ctx, TRAIN_FLAGS))
     if cfg.train.stage not in (1, 2, 3):
         from fvlm_cli.errors import ConfigError
 
@@ -73,17 +63,18 @@ def run_training(config, sets, stage, out, device, dtype, init_from, steps, resu
 
 
 def train(
-    stage: Optional[int] = typer.Option(None, "--stage", "-s", help="1 captioning/alignment, 2 VL-SFT, 3 video SFT (overrides train.stage)."),
+    ctx: typer.Context,
+    stage: Optional[int] = flag(RunConfig, "train.stage", "--stage", "-s"),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (overrides out_dir)."),
-    init_from: Optional[str] = typer.Option(None, "--init-from", help="Model folder / checkpoint / run dir to start from."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides train.steps)."),
+    out: Optional[str] = flag(RunConfig, "out_dir", "--out", "-o"),
+    init_from: Optional[str] = flag(RunConfig, "train.init_from", "--init-from"),
+    steps: Optional[int] = flag(RunConfig, "train.steps", "--steps"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     gpus: int = typer.Option(0, "--gpus", help="Launch N processes with torchrun (one per GPU)."),
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
+    device: Optional[str] = flag(RunConfig, "train.device", "--device"),
+    dtype: Optional[str] = flag(RunConfig, "train.dtype", "--dtype"),
     print_config: bool = PrintConfigOpt,
 ) -> None:
     """Train stage N (SFT) from a YAML config; checkpoints, metrics.jsonl and plots go to the run dir."""
-    run_training(config, sets, stage, out, device, dtype, init_from, steps, resume, print_config, gpus, dpo=False)
+    run_training(ctx, config, sets, resume, print_config, gpus, dpo=False)

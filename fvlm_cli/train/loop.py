@@ -31,10 +31,16 @@ from fvlm_cli.train.logger import MetricsLogger
 from fvlm_cli.train.optim import build_optimizer, build_scheduler, lrs
 
 
-def load_run_config(path: str | None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
-    """Read a stage config. `model: <preset>` (a string) expands to that preset's model section."""
+def load_run_config(path: str | None, overrides: list[str] | None = None, flags: dict | None = None,
+                    base: dict | None = None) -> RunConfig:
+    """Read a stage config, then `--set` overrides, then command-line flags ({dotted key: value}).
+
+    `model: <preset>` (a string) expands to that preset's model section.
+    """
     data = cfglib.deep_merge(base or {}, cfglib.read_yaml(path) if path else {})
     data = cfglib.apply_overrides(data, overrides, None)
+    for key, value in (flags or {}).items():
+        cfglib.assign(data, key, value)
     if isinstance(data.get("model"), str):
         data["model"] = cfglib.read_yaml(cfglib.CONFIG_DIR / "model" / f"{data['model']}.yaml")
         data = cfglib.apply_overrides(data, [o for o in overrides or [] if o.startswith("model.")], None)
