@@ -24,7 +24,7 @@ import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, BinaryIO, Callable, Iterator, Optional, Sequence, Union
 
 import av
 import numpy as np
@@ -63,7 +63,13 @@ _MAX_SKIP_AFTER_SEEK = 600
 # FFmpeg demuxers that turn any text into a "video": never what a user meant
 _NOT_VIDEO_FORMATS = frozenset({"tty", "ansi", "bin", "xbin", "idf", "adp"})
 
-Source = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, BinaryIO]
+Window = Optional[Sequence[float]]  # (start, end) seconds: sample only inside it (MVBench original layout)
+
+
+def _is_stream(src: Any) -> bool:
+    """A binary file object (e.g. a zip member read in place): needs read and seek."""
+    return hasattr(src, "read") and hasattr(src, "seek") and not isinstance(src, Image.Image)
 
 
 @dataclass
@@ -79,6 +85,7 @@ class Clip:
     is_image: bool
     duration: Optional[float]
     source: str
+    window: Optional[tuple[float, float]] = None  # the (start, end) actually sampled, when one was asked for
 
 
 # ---------------------------------------------------------------------------------------------------- policy
@@ -154,6 +161,8 @@ def _source_name(src: Any) -> str:
         return "<bytes>"
     if isinstance(src, Image.Image):
         return getattr(src, "filename", "") or "<image>"
+    if _is_stream(src):
+        return str(getattr(src, "name", "") or "<stream>")
     return str(src)
 
 
@@ -181,7 +190,7 @@ def _check_file(src: Any) -> Optional[Path]:
         if len(src) == 0:
             raise MediaError("<bytes>: empty input (0 bytes); nothing to decode")
         return None
-    if isinstance(src, Image.Image):
+    if isinstance(src, Image.Image) or _is_stream(src):
         return None
     if not isinstance(src, (str, os.PathLike)):
         raise MediaError(f"cannot load media from a {type(src).__name__}; give a path, bytes or a PIL image")
@@ -196,23 +205,26 @@ def _check_file(src: Any) -> Optional[Path]:
 
 
 def load_media(src: Source, *, fps: float = 1.0, max_frames: int = 64, image_size: int = 224,
-               kind: str = "auto") -> Clip:
-    """Load a video or image as a `Clip`; `src` is a local path, the encoded file's bytes, or a PIL image.
+               kind: str = "auto", window: Window = None) -> Clip:
+    """Load a video or image as a `Clip`; `src` is a local path, the encoded file's bytes, a seekable binary
+    file object (a zip member read in place; its `name` gives the extension), or a PIL image.
 
     kind: auto (extension, then magic bytes: gif is a video) | video | image | frames (a directory of frame
     images, see `load_frames`; only when asked, so a directory given by mistake stays an error).
+    window: (start, end) seconds; a video or frame folder is sampled only inside it, by the same policy.
     """
     if kind not in ("auto", "video", "image", "frames"):
         raise ValueError(f"kind must be auto, video, image or frames, got {kind!r}")
     if kind == "frames":
-        return load_frames(src, fps=fps, max_frames=max_frames, image_size=image_size)
+        return load_frames(src, fps=fps, max_frames=max_frames, image_size=image_size, window=window)
     if isinstance(src, Image.Image):
         if kind == "video":
             raise MediaError(f"{_source_name(src)}: a PIL image cannot be read as a video")
         return load_image(src, image_size=image_size)
     path = _check_file(src)
     if kind == "auto":
-        ext = path.suffix.lower() if path is not None else ""
+        stream = _is_stream(src)
+        ext = path.suffix.lower() if path is not None else Path(_source_name(src)).suffix.lower() if stream else ""
         if ext in IMAGE_EXTS:
             kind = "image"
         elif ext in VIDEO_EXTS:
@@ -221,12 +233,16 @@ def load_media(src: Source, *, fps: float = 1.0, max_frames: int = 64, image_siz
             if path is not None:
                 with open(path, "rb") as f:
                     head = f.read(16)
+            elif stream:
+                src.seek(0)
+                head = src.read(16)
+                src.seek(0)
             else:
                 head = bytes(src[:16])
             kind = _sniff(head) or "video"
     if kind == "image":
         return load_image(src, image_size=image_size)
-    return load_video(src, fps=fps, max_frames=max_frames, image_size=image_size)
+    return load_video(src, fps=fps, max_frames=max_frames, image_size=image_size, window=window)
 
 
 # ---------------------------------------------------------------------------------------------------- images
@@ -256,22 +272,55 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 FRAME_FOLDER_FPS = 3.0  # MVBench's TVQA frame folders (frames_fps3_hq) hold 3 frames per second
 
 
+def window_targets(duration: Optional[float], fps: float, max_frames: int,
+                   window: Window = None) -> tuple[list[float], Optional[tuple[float, float]]]:
+    """The policy's target times over the whole video, or only inside `window` (clipped to the video):
+    (targets, the window used). A window that misses the video entirely is a MediaError."""
+    if window is None:
+        return sample_timestamps(duration or 0.0, fps, max_frames), None
+    start, end = (float(x) for x in window)
+    start = max(0.0, start)
+    if duration:
+        end = min(end, duration)
+    if not end > start:
+        raise MediaError(f"window [{window[0]}, {window[1]}] s lies outside the video (duration {duration or 0:.3f} s)")
+    return [start + t for t in sample_timestamps(end - start, fps, max_frames)], (round(start, 6), round(end, 6))
+
+
 def load_frames(folder, *, fps: float = 1.0, max_frames: int = 64, image_size: int = 224,
-                source_fps: float = FRAME_FOLDER_FPS) -> Clip:
-    """A directory of frame images (sorted by name, `source_fps` apart) sampled by the same policy as a video."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise MediaError(f"{path}: not a frame folder")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+                source_fps: float = FRAME_FOLDER_FPS, window: Window = None, name: Optional[str] = None) -> Clip:
+    """Frame images `source_fps` apart, sampled by the same policy as a video (only inside `window`).
+
+    `folder`: a directory (its images sorted by name), or a sorted list of frames, each a path, bytes, or
+    a zero-argument callable returning bytes (frames inside an archive: only the picked ones are read).
+    """
+    if isinstance(folder, (list, tuple)):
+        files, label = list(folder), name or "<frames>"
+    else:
+        path = Path(folder)
+        label = name or str(path)
+        if not path.is_dir():
+            raise MediaError(f"{path}: not a frame folder")
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not files:
-        raise MediaError(f"{path}: frame folder holds no images")
+        raise MediaError(f"{label}: frame folder holds no images")
     duration = len(files) / source_fps
+    targets, used = window_targets(duration, fps, max_frames, window)
     picked, stamps = [], []
-    for t in sample_timestamps(duration, fps, max_frames):
-        i = min(len(files) - 1, int(t * source_fps))  # the frame shown at time t
-        picked.append(load_image(files[i], image_size=image_size).frames[0])
-        stamps.append(i / source_fps)
-    return Clip(np.stack(picked), stamps, False, duration, str(path))
+    for t in targets:
+        i = min(len(files) - 1, int(t * source_fps + _EPS))  # the frame shown at time t
+        frame = files[i]() if callable(files[i]) else files[i]
+        picked.append(load_image(frame, image_size=image_size).frames[0])
+        stamps.append(round(i / source_fps, 6))
+    return Clip(np.stack(picked), stamps, False, duration, label, used)
+
+
+def load_images(sources: Sequence[Source], *, image_size: int = 224) -> Clip:
+    """Several images (a multi-image row) as one Clip whose frames are the images in order."""
+    if not sources:
+        raise MediaError("no images given")
+    frames = [load_image(src, image_size=image_size).frames[0] for src in sources]
+    return Clip(np.stack(frames), [0.0] * len(frames), True, None, f"<{len(frames)} images>")
 
 
 def load_image(src: Source, *, image_size: int = 224) -> Clip:
@@ -282,7 +331,7 @@ def load_image(src: Source, *, image_size: int = 224) -> Clip:
     else:
         path = _check_file(src)
         try:
-            img = Image.open(path if path is not None else io.BytesIO(bytes(src)))
+            img = Image.open(path if path is not None else src if _is_stream(src) else io.BytesIO(bytes(src)))
             img.load()
         except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
             raise MediaError(f"{name}: cannot read as an image ({_one_line(e)})") from e
@@ -300,7 +349,11 @@ def load_image(src: Source, *, image_size: int = 224) -> Clip:
 def _open(src: Source) -> tuple[Any, str]:
     path = _check_file(src)
     name = _source_name(src)
-    target = str(path) if path is not None else io.BytesIO(bytes(src))
+    if _is_stream(src):
+        src.seek(0)  # reopening (rewind) starts over
+        target = src
+    else:
+        target = str(path) if path is not None else io.BytesIO(bytes(src))
     try:
         container = av.open(target, mode="r", metadata_errors="ignore")
     except Exception as e:  # av.error.* and OSError: not a container FFmpeg recognises
@@ -645,7 +698,7 @@ def _legacy_rotation(stream) -> int:
 
 
 def load_video(src: Source, *, fps: float = 1.0, max_frames: int = 64, image_size: int = 224,
-               strategy: str = "auto") -> Clip:
+               strategy: str = "auto", window: Window = None) -> Clip:
     """Sample a video per the policy (module docstring) into a Clip [T, S, S, 3].
 
     strategy: auto (seek where keyframes make it pay, else decode on in order) | seek (before every
@@ -658,8 +711,9 @@ def load_video(src: Source, *, fps: float = 1.0, max_frames: int = 64, image_siz
         duration = video.metadata_duration()
         if not duration:
             duration = video.scan_duration()
-        targets = sample_timestamps(duration or 0.0, fps, max_frames)
-        interval = (duration or 0.0) / len(targets)
+        targets, used = window_targets(duration, fps, max_frames, window)
+        span = (used[1] - used[0]) if used else (duration or 0.0)
+        interval = span / len(targets)
         if strategy != "stream":
             video.map_keyframes(interval)
         frames, times = _pick(video, targets, image_size, strategy)
@@ -668,30 +722,5 @@ def load_video(src: Source, *, fps: float = 1.0, max_frames: int = 64, image_siz
     finally:
         video.close()
     return Clip(frames=np.stack(frames), timestamps=[round(t, 6) for t in times], is_image=False,
-                duration=duration, source=video.name)
+                duration=duration, source=video.name, window=used)
 
-
-def decode_all_frames_baseline(src: Source, *, fps: float = 1.0, max_frames: int = 64, image_size: int = 224) -> Clip:
-    """The naive reader `load_video` is benchmarked against: decode and convert EVERY frame, then pick.
-
-    Same decoder settings, transform and picking rule as `load_video`, so the output is identical.
-    """
-    video = _Video(src)
-    try:
-        duration = video.metadata_duration() or video.scan_duration()
-        targets = sample_timestamps(duration or 0.0, fps, max_frames)
-        converted, ftimes = [], []
-        try:
-            for frame in video.frames():
-                ftimes.append(video.frame_time(frame))
-                rotation = frame.rotation or _legacy_rotation(video.stream)
-                converted.append(_frame_to_square(frame, image_size, rotation, video.sar))
-        except av.error.FFmpegError as e:
-            raise MediaError(f"{video.name}: cannot decode video ({_one_line(e)})") from e
-    finally:
-        video.close()
-    if not converted:
-        raise MediaError(f"{video.name}: no decodable video frames")
-    picked = [max(0, bisect.bisect_right(ftimes, t + _EPS) - 1) for t in targets]
-    return Clip(frames=np.stack([converted[j] for j in picked]), timestamps=[round(ftimes[j], 6) for j in picked],
-                is_image=False, duration=duration, source=video.name)
