@@ -18,10 +18,11 @@ from fvlm_cli.data.precompute import parse_part, run_precompute
 from fvlm_cli.data.sources import SOURCES
 from fvlm_cli.data.sources.base import RawSample, SourceOptions
 from fvlm_cli.errors import DataError
+from fvlm_cli.settings import MediaConfig
 
 BASE_KEYS = {"id", "source", "kind", "frame_count", "timestamps", "messages"}
 N_VIDEOS = 12
-OPTS = dict(image_size=32)
+OPTS = dict(media=MediaConfig(image_size=32))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,8 @@ def test_shards_manifest_and_failures(media_dir, tmp_path):
 
     manifest = shards.read_manifest(out)
     assert manifest["samples"] == N_VIDEOS + 1 and manifest["failures"] == 2 and manifest["complete"]
-    assert manifest["counts"] == {"source": {"videos": N_VIDEOS + 1}, "kind": {"caption": N_VIDEOS + 1}}
+    assert manifest["counts"] == {"source": {"videos": N_VIDEOS + 1}, "kind": {"caption": N_VIDEOS + 1},
+                                  "media": {"image": 1, "video": N_VIDEOS}}
     assert manifest["frames_histogram"] == {"1": 1, "3": N_VIDEOS}
     assert manifest["options"]["image_size"] == 32 and manifest["options"]["shard_size"] == 4
     assert manifest["part"] == "0/1" and manifest["fvlm_version"]
@@ -127,7 +129,7 @@ def test_different_options_are_refused(media_dir, tmp_path):
 def test_limit(media_dir, tmp_path):
     out = tmp_path / "out"
     summary = run_precompute("videos", str(media_dir), out, workers=0, progress=False,
-                             opts=SourceOptions(image_size=32, limit=5))
+                             opts=SourceOptions(media=MediaConfig(image_size=32), limit=5))
     assert summary["samples"] + summary["failures"] == 5
 
 

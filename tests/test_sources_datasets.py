@@ -11,6 +11,7 @@ from fvlm_cli.data.sources import (
     _hub, cauldron, llava_video, mlvu, mvbench, pope, rlaif_v, scienceqa, smoltalk, video_mme,
 )
 from fvlm_cli.data.sources.base import RawSample, SourceOptions
+from fvlm_cli.settings import MediaConfig
 from fvlm_cli.errors import DataError
 
 sys.path.insert(0, str(Path(__file__).parent))  # the fixture builders live beside this file
@@ -373,7 +374,7 @@ def test_precompute_keeps_text_only_mcq_and_frame_folders(tmp_path, name, builde
 
     root = getattr(fx, builder)(tmp_path / "in")
     out = tmp_path / "out"
-    summary = run_precompute(name, str(root), out, workers=0, opts=SourceOptions(image_size=32), progress=False)
+    summary = run_precompute(name, str(root), out, workers=0, opts=SourceOptions(media=MediaConfig(image_size=32)), progress=False)
     records = [s["json"] for s in iter_shard_samples(out, decode="bytes")]
     failures = (out / "failures.jsonl").read_text().splitlines() if (out / "failures.jsonl").exists() else []
     reasons = " ".join(failures)
