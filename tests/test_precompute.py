@@ -173,6 +173,49 @@ def test_cli_max_fail_ratio_exits_2_and_keeps_shards(media_dir, tmp_path):
     assert json.loads(ok.stdout)["shards_resumed"] == 4
 
 
+def test_cli_all_failed_exits_2_with_the_top_reasons_and_a_hint(tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for i in range(3):
+        write_video(bare / f"clip{i}.mp4", seconds=1, fps=10)
+    out = tmp_path / "out"
+    res = cli("precompute", "videos", "--input", bare, "--out", out, "--workers", 0, "--image-size", 16)
+    assert res.returncode == 2, res.stderr
+    line = [l for l in res.stderr.splitlines() if "inputs failed" in l]
+    assert line and "all 3 inputs failed" in line[0] and "3x no caption" in line[0]
+    assert "same-stem .txt" in line[0] and "JSONL" in line[0]  # what to do about it
+    assert [json.loads(r)["input"] for r in (out / "failures.jsonl").read_text().splitlines()] == \
+           [str(bare / f"clip{i}.mp4") for i in range(3)]
+
+
+def test_cli_flags_bind_to_the_config_and_media_lives_in_media_config(tmp_path):
+    res = cli("precompute", "videos", "--input", tmp_path, "--out", tmp_path / "o", "--fps", 2, "--max-frames", 8,
+              "--print-config")
+    import yaml
+
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["media"] == {"fps": 2.0, "max_frames": 8, "image_size": 224, "image_frames": 8}
+    assert "fps" not in cfg and "max_frames" not in cfg  # one place for the media policy
+    file = tmp_path / "c.yaml"
+    file.write_text("media: {image_size: 64}\nshard_size: 7\n")
+    cfg = yaml.safe_load(cli("precompute", "videos", "-c", file, "--shard-size", 9, "--set", "prompt=Hi",
+                             "--print-config").stdout)
+    assert cfg["media"]["image_size"] == 64 and cfg["shard_size"] == 9 and cfg["extra"] == {"prompt": "Hi"}
+
+
+def test_a_failed_decode_names_the_url_not_the_temporary_download(tmp_path, http_server):
+    http_server.files["/junk.mp4"] = b"this is not a video at all" * 20
+    (tmp_path / "m.csv").write_text("videoid,contentUrl,duration,page_dir,name\n"
+                                    f"j,{http_server.url}/junk.mp4,PT2S,p,junk\n")
+    with pytest.raises(DataError, match="all 1 inputs failed"):
+        run_precompute("webvid", str(tmp_path / "m.csv"), tmp_path / "out", workers=0, progress=False,
+                       opts=SourceOptions(**OPTS))
+    row = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert row["input"] == f"{http_server.url}/junk.mp4"
+    assert row["reason"].startswith(f"{http_server.url}/junk.mp4: ") and "downloads" not in row["reason"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["nope"], "unknown source 'nope'; valid sources: webvid"),
     (["videos", "--input", "/no/such/dir"], "input not found"),
