@@ -35,9 +35,9 @@ def main() -> None:
 
     from bench_precompute import write_video
 
-    from fvlm_cli.data import archives, media
+    from fvlm_cli.data import archives, media, video
 
-    media.DECODE_THREADS = 1
+    video.DECODE_THREADS = 1
     kw = dict(fps=1.0, max_frames=64, image_size=224)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

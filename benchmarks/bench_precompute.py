@@ -116,12 +116,12 @@ def main() -> None:
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
 
-    from fvlm_cli.data import media
+    from fvlm_cli.data import media, video
     from fvlm_cli.data.precompute import run_precompute
     from fvlm_cli.data.sources.base import SourceOptions
     from fvlm_cli.settings import MediaConfig
 
-    media.DECODE_THREADS = 1  # per-core numbers: one process per core, as precompute runs
+    video.DECODE_THREADS = 1  # per-core numbers: one process per core, as precompute runs
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "videos"

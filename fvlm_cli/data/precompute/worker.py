@@ -23,9 +23,9 @@ _progress_queue = None
 def init_worker(progress_queue, parent_pid: int, decode_threads: int) -> None:
     global _progress_queue
     _progress_queue = progress_queue
-    from fvlm_cli.data import media
+    from fvlm_cli.data import video
 
-    media.DECODE_THREADS = decode_threads  # one process per core: FFmpeg threads would oversubscribe the CPU
+    video.DECODE_THREADS = decode_threads  # one process per core: FFmpeg threads would oversubscribe the CPU
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops the workers
 
     def watch_parent() -> None:  # a SIGKILLed driver must not leave workers behind
