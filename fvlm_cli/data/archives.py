@@ -210,7 +210,12 @@ def extract_tar_cached(archive: Path, cache_root: Path, input_root: Optional[Pat
             for info in tf:  # one ordered pass over the gzip stream
                 if not info.isfile():
                     continue
-                tf.extract(info, tmp, filter="data")  # refuses absolute paths, links out, devices
+                if hasattr(tarfile, "data_filter"):
+                    tf.extract(info, tmp, filter="data")  # refuses absolute paths, links out, devices
+                else:  # Python without PEP 706 filters: check the path ourselves (links are skipped above)
+                    if not (tmp / info.name).resolve().is_relative_to(tmp.resolve()):
+                        raise tarfile.TarError(f"member {info.name!r} escapes the archive folder")
+                    tf.extract(info, tmp)
                 members.append(info.name)
     except (tarfile.TarError, OSError, EOFError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
