@@ -221,3 +221,25 @@ def test_llava_video_archives_are_extracted_once_into_the_cache(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.mp4")} == stamp  # not extracted again
     with pytest.raises(DataError, match="inside the input"):
         run("llava-video", root, tmp_path / "o3", root / "cache-inside")
+
+
+def test_cli_fetches_a_hub_id_through_hf_endpoint(tmp_path):
+    """The command as a user runs it, in a fresh process: HF_ENDPOINT points huggingface_hub at the stand-in."""
+    import os
+    import subprocess
+
+    standin = HubStandIn()
+    try:
+        standin.add("lmms-lab/Video-MME", fx.build_video_mme(tmp_path / "d"))
+        env = {**os.environ, "HF_ENDPOINT": standin.url, "HF_HOME": str(tmp_path / "hf"),
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "0"}
+        res = subprocess.run([sys.executable, "-m", "fvlm_cli", "precompute", "video-mme", "--out", tmp_path / "o",
+                              "--cache-dir", tmp_path / "c", "--workers", "0", "--image-size", "16", "--json"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        standin.close()
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["samples"] == 3 and summary["failures"] == 2
+    assert sorted(standin.fetched["lmms-lab/Video-MME"]) == ["videomme/test-00000-of-00001.parquet",
+                                                              "videos_chunked_01.zip", "videos_chunked_02.zip"]
