@@ -243,3 +243,13 @@ def test_cli_fetches_a_hub_id_through_hf_endpoint(tmp_path):
     assert summary["samples"] == 3 and summary["failures"] == 2
     assert sorted(standin.fetched["lmms-lab/Video-MME"]) == ["videomme/test-00000-of-00001.parquet",
                                                               "videos_chunked_01.zip", "videos_chunked_02.zip"]
+
+
+def test_a_corrupt_archive_member_is_named_by_archive_and_member(tmp_path):
+    root = fx.build_video_mme(tmp_path / "d")
+    fx.zip_of(root / "videos_chunked_01.zip", {"data/vidA.mp4": b"not a video" * 100})
+    records, rows, _ = run("video-mme", root, tmp_path / "o", tmp_path / "c")
+    assert list(records) == ["301-1"]
+    for id in ("001-1", "001-2"):
+        assert rows[id]["input"] == "videos_chunked_01.zip:data/vidA.mp4"
+        assert rows[id]["reason"].startswith("videos_chunked_01.zip:data/vidA.mp4: not a readable video")
