@@ -279,6 +279,9 @@ def run_config(cfg: BenchConfig, *, progress: bool = True) -> dict:
         import torch
 
         device = f"cuda:{ranks.local}" if torch.cuda.is_available() else "cpu"
+    import torch
+
+    torch.manual_seed(0)  # a preset's random initialisation is the same in every rank (and every run)
     lm = load_model(cfg.model, device=device, dtype=cfg.dtype)
     return run_bench(names, lm, modes=modes, methods=methods, protocol=cfg.protocol, limit=cfg.limit,
                      out_dir=cfg.out, order=cfg.order, data_paths=cfg.data, batch_size=cfg.batch_size,
