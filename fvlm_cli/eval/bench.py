@@ -197,7 +197,6 @@ def run_bench(names: Sequence[str], lm, *, modes: Sequence[str] = MODES, methods
                   "caption_max_new_tokens": caption_max_new_tokens, "meteor": meteor, "answer_format": answer_format,
                   "val_loss_stage": val_loss_stage}
     results = _header(lm, run_id, config, old)
-    results["world_size"] = ranks.world
     if ranks.main:
         write_results(out, results)
     ranks.barrier()  # every rank sees the checked out dir before appending rows
