@@ -134,7 +134,7 @@ def render_mode_table(rows: list[dict], references: list[tuple[str, float]] = ()
             [*name, ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("mode", "method"))]
             for name, r in zip(names, rows)
         ]
-    return _table(header, body)
+    return _table(header, body, text_cols=3 if kind == "mcq" else 2)
 
 
 def _leaves(bench_results: dict) -> list[dict]:
