@@ -234,3 +234,33 @@ def test_published_numbers_never_sit_beside_another_protocol():
             **leaf, "protocol": protocol}}}}})
         assert ("28.0" in md) == (protocol == "reference")
         assert ("39.7" in md) == (protocol == "lmms-eval")
+
+
+def test_cli_protocol_errors_are_one_line_exit_2(shards):
+    from test_bench import _cli
+
+    for args, text in ((("synthetic", "--protocol", "lmms-eval"), "--protocol lmms-eval scores"),
+                       (("mvbench", "--protocol", "reference", "--method", "generate"), "scores by loglik only"),
+                       (("mvbench", "--protocol", "nope"), "'nope' is not one of")):
+        r = _cli("bench", *args, "--model", "tiny", "--data", str(shards), "--device", "cpu")
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and text in lines[0], r.stderr
+
+
+def test_pope_breaks_precision_recall_f1_down_by_category(lm, tmp_path):
+    samples = mcq_samples(8, yes_no=True)
+    for i, s in enumerate(samples):
+        s["record"]["category"] = ["random", "adversarial"][(i // 2) % 2]  # each holds yes and no
+    write_shards(tmp_path / "pope", samples, per_shard=8)
+    res = bench.run_bench(["pope"], lm, modes=["coarse_only"], out_dir=tmp_path / "o", methods=["loglik"],
+                          data_paths={"pope": str(tmp_path / "pope")}, progress=False)
+    leaf = res["benchmarks"]["pope"]["coarse_only"]["loglik"]
+    rows = [json.loads(x) for x in (tmp_path / "o" / "samples.jsonl").read_text().splitlines()]
+    for cat in ("random", "adversarial"):
+        mine = [r for r in rows if r["category"] == cat]
+        tp = sum(r["prediction"] == "A" and r["truth"] == "A" for r in mine)
+        said_yes = sum(r["prediction"] == "A" for r in mine)
+        per = leaf["per_category"][cat]
+        assert per["total"] == 4 and per["precision"] == pytest.approx(tp / said_yes if said_yes else 0.0)
+        assert per["recall"] == pytest.approx(tp / sum(r["truth"] == "A" for r in mine))
+        assert {"f1", "yes_ratio", "se"} <= set(per)

@@ -30,7 +30,7 @@ class BenchConfig:
                                      "lmms-eval: generate)")
     limit: Optional[int] = field(None, help="first N questions (samples) of each benchmark")
     out: str = field("runs/bench", help="output dir (results.json, samples.jsonl, results.md); re-run to resume")
-    order: Optional[Literal["video_first", "question_first"]] = field(None, help="prompt order (default: the model's)")
+    order: Optional[Literal["video_first", "question_first"]] = field(None, help="prompt order: video_first | question_first (none: the model's)")
     data: dict[str, str] = field({}, help="shard dir per benchmark name (default: data/<name>)")
     batch_size: int = field(8, help="questions scored together")
     max_new_tokens: int = field(8, help="MCQ generate (fvlm protocol): answer length cap")
