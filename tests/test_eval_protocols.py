@@ -11,27 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from shard_factory import write_shards
-from test_bench import MODES, mcq_samples
+from test_bench import MODES, lm, mcq_samples, one_thread  # noqa: F401  (fixtures)
 
 from fvlm_cli.data.media import frames_to_tensor
 from fvlm_cli.errors import FvlmError
 from fvlm_cli.eval import bench, lmms_eval, mcq, reference
 from fvlm_cli.eval.report import render_results_md
-from fvlm_cli.model.build import load_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def lm():
-    torch.manual_seed(0)
-    return load_model("tiny", device="cpu")
 
 
 def _questions(n, start=0):

@@ -14,7 +14,7 @@ scienceqa/scienceqa_img.yaml + utils.py, mlvu/mlvu_dev.yaml + utils.py), rule by
               "\\nAnswer with the option's letter from the given choices directly."                         16
   mlvu        "\\n" + "Question: q\\nOptions:\\n(A) opt\\n..." + "\\nOnly give the best option.\\n" + "\\n" +
               "Best option: ("                                                                          16
-Generation is greedy (temperature 0, one beam) until `<|im_end|>`/eos or max_new_tokens. Answers are read with
+Only ScienceQA questions with an image are scored (scienceqa_img). Generation is greedy (temperature 0, one beam) until `<|im_end|>`/eos or max_new_tokens. Answers are read with
 each task's own rule (`correct`), not fvlm's letter extraction:
   mvbench     "L. text" -> L; else punctuation stripped, lower-cased, first standalone a-e letter; compared with
               the truth letter processed the same way. lmms-eval's score divides by the non-empty answers only

@@ -97,7 +97,12 @@ def run_mcq(run: Run, name: str, path: Path) -> Optional[dict]:
     from fvlm_cli.eval.summary import facets, mcq_leaf
 
     lm, store = run.lm, run.store
-    items = index_items(path, "mcq", name)[: run.limit]
+    items = index_items(path, "mcq", name)
+    if run.protocol == "lmms-eval" and name == "scienceqa":  # lmms-eval's scienceqa_img: questions with an image
+        items = [it for it in items if int(it.record.get("frame_count") or 0) > 0]
+        if not items:
+            raise DataError(f"{name}: no question with an image in {path} (lmms-eval scores scienceqa_img)")
+    items = items[: run.limit]
     for it in items:
         _check_mcq(it, name)
     run.plan.append((name, [it.uid for it in items]))
