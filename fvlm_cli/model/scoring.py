@@ -69,7 +69,10 @@ def select_cache(cache, index: torch.Tensor):
 
 def fork_stream(stream, index: torch.Tensor):
     """A stream whose row i continues row `index[i]` of `stream` (KV cache, valid positions and next position)."""
-    out = copy.copy(stream)
+    try:  # a fresh stream sized for the fork (whatever per-batch state its constructor sets up) ...
+        out = type(stream)(stream.llm, len(index), stream.kv_valid.device)
+    except TypeError:  # ... or, if the constructor asks for more, a shallow copy
+        out = copy.copy(stream)
     out.cache = select_cache(stream.cache, index)
     out.kv_valid = stream.kv_valid[index]
     out.next_pos = stream.next_pos[index]
