@@ -249,3 +249,23 @@ def test_pope_breaks_precision_recall_f1_down_by_category(lm, tmp_path):
         assert per["total"] == 4 and per["precision"] == pytest.approx(tp / said_yes if said_yes else 0.0)
         assert per["recall"] == pytest.approx(tp / sum(r["truth"] == "A" for r in mine))
         assert {"f1", "yes_ratio", "se"} <= set(per)
+
+
+def test_lmms_eval_generations_are_read_by_the_task_rule(lm, shards, tmp_path, monkeypatch):
+    from fvlm_cli.model import scoring
+
+    said = lm.tokenizer.encode("The best answer is C because", add_special_tokens=False)
+    monkeypatch.setattr(scoring, "greedy", lambda model, stream, h, n, stops=(): [list(said) for _ in range(h.shape[0])])
+    seen = []
+    real = mcq.encode_prompts
+    monkeypatch.setattr(mcq, "encode_prompts", lambda msgs, *a, **k: seen.extend(msgs) or real(msgs, *a, **k))
+    res = bench.run_bench(["video-mme", "scienceqa"], lm, modes=["coarse_only"], protocol="lmms-eval",
+                          out_dir=tmp_path, data_paths={"video-mme": str(shards), "scienceqa": str(shards)},
+                          progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    vm = [r for r in rows if r["benchmark"] == "video-mme"]
+    assert all(r["prediction"] == "C" and r["correct"] == (r["truth"] == "C") for r in vm)
+    assert seen[0][0]["content"].startswith(lmms_eval.VIDEOMME_INSTRUCTION)
+    sq = [r for r in rows if r["benchmark"] == "scienceqa"]
+    assert all(r["prediction"] is None and not r["correct"] for r in sq)  # "The best ..." is no ScienceQA answer
+    assert res["benchmarks"]["scienceqa"]["questions"] == 5  # scienceqa_img: the text-only question is left out
