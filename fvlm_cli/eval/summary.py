@@ -20,11 +20,12 @@ FACETS = ("duration", "domain", "sub_category", "task_type")
 
 
 def facets(record: dict) -> dict:
-    """The breakdown fields of a shard record (top level, or under "extra"), as strings."""
-    extra = record.get("extra") if isinstance(record.get("extra"), dict) else {}
+    """The breakdown fields of a shard record, as strings: under "meta" (where precompute keeps a source's own
+    fields), else at the top level or under "extra"."""
+    nested = [record.get(k) for k in ("meta", "extra") if isinstance(record.get(k), dict)]
     out = {}
     for k in FACETS:
-        v = record.get(k, extra.get(k))
+        v = next((d[k] for d in nested if d.get(k) not in (None, "")), record.get(k))
         if v not in (None, ""):
             out[k] = str(v)
     return out
