@@ -39,6 +39,8 @@ def test_options_are_parsed_from_the_user_text_with_the_original_quirks():
     assert [lo[0] for lo in spurious] == ["A", "B", "U"]  # "U.S." makes an option "U. S. capital?"
     assert spurious[2][1] == "U. S. capital?"
     assert reference.parse_options("no options at all") == []
+    # a repeated letter: the original collected options in a dict, so the last text wins
+    assert reference.parse_options("Pick one.\nA. red\nB. blue\nA. green") == [("A", "A. green"), ("B", "B. blue")]
 
 
 def test_worked_example_scores_four_nlls_over_five_positions(lm):

@@ -215,7 +215,7 @@ def score_questions(lm, questions: Sequence[Question], *, modes: Sequence[str] =
                              answer_format=answer_format, image_frames=lm.media.image_frames)
         gen_tokens = max_new_tokens
     elif protocol == "reference":
-        batch, encs, shared = encode_reference(questions, tok, order=order)
+        batch, encs, shared = encode_reference(questions, tok)  # rule 6: frames first, always
         gen_tokens = 0
     else:
         benches = {q.bench for q in questions}

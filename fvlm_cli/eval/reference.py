@@ -5,7 +5,7 @@ not elegance, so its quirks are kept:
 
 1. Options are parsed out of the stored user text (the question with its lettered options) with
        re.finditer(r'([A-Z])\\.\\s*(.+?)(?=\\n[A-Z]\\.|$)', user_text, re.DOTALL)
-   option = letter + ". " + text.strip(); options sorted by letter (stable for repeated letters).
+   into a dict {letter: letter + ". " + text.strip()}, so a repeated letter keeps its LAST text; letters sorted.
    Quirks: a trailing instruction line ("Answer with the option's letter ...") joins the last option's
    text; "U.S." in a question yields a spurious option "S. ..."; the stored `options` list is not used.
 2. Per option the conversation [system "You are a helpful AI assistant.", user = the stored user text,
@@ -18,7 +18,8 @@ not elegance, so its quirks are kept:
    token adds 0 to the sum but still counts in the denominator: score = sum / number of scored positions.
    (A tokenizer without a pad token ignores nothing.)
 5. The lowest score wins; a tie goes to the earliest (sorted) letter.
-6. A single image frame is replicated to 8 frames; videos keep their stored frames.
+6. A single image frame is replicated to 8 frames; videos keep their stored frames. The frames come first
+   (the original forward had no question-first order), whatever order the model was trained with.
 
 Worked example: for "A. yes" the scored tokens are `A`, `.`, ` yes`, `<|im_end|>` (adds 0) and "\\n": 4 NLLs / 5.
 """
@@ -37,8 +38,10 @@ _NO_IGNORE = -100  # no pad token: nothing is ignored (a target id is never nega
 
 def parse_options(user_text: str) -> list[tuple[str, str]]:
     """[(letter, "L. text")] parsed from the user text, sorted by letter (rule 1, quirks included)."""
-    found = [(m.group(1), f"{m.group(1)}. {m.group(2).strip()}") for m in OPTION_RE.finditer(user_text)]
-    return sorted(found, key=lambda lo: lo[0])
+    found: dict[str, str] = {}
+    for m in OPTION_RE.finditer(user_text):
+        found[m.group(1)] = f"{m.group(1)}. {m.group(2).strip()}"  # a dict, as in the original: the last one wins
+    return sorted(found.items())
 
 
 def user_text(messages: Sequence[dict]) -> str:
@@ -62,7 +65,7 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
 class Encoded:
     """One question under the reference rules."""
 
-    letters: list[str]                # sorted option letters (may repeat, rule 1)
+    letters: list[str]                # sorted option letters (rule 1)
     options: list[str]                # "L. text"
     prompt: list[int]                 # system + user + `<|im_start|>assistant\n`
     full: list[list[int]]             # per option: the whole rendered conversation
