@@ -296,6 +296,38 @@ def build_mvbench(root: Path) -> Path:
     return hf_local_dir(root)
 
 
+def build_mvbench_variant(root: Path, layout: str) -> Path:
+    """Two other ways the same MVBench questions are published.
+
+    "flat-zips": each `video/<src>.zip` packed from inside its folder, so `star.zip` holds
+    `Charades_v1_480/ZS9XR.mp4` (no `star/` prefix), as some mirrors ship them.
+    "video-branch": the Hub's `video` revision (the one lmms-eval downloads): json/ plus the video folders
+    unzipped at the repo root, segments pre-cut (`star/Charades_segment/`, `tvqa/video_fps3_hq_segment/` as
+    mp4 clips), so every row's start/end is ignored."""
+    build_mvbench(root)
+    clip = _template()
+    if layout == "flat-zips":
+        for z in sorted((root / "video").glob("*.zip")):
+            with zipfile.ZipFile(z) as zf:
+                members = {n.split("/", 1)[1]: zf.read(n) for n in zf.namelist()}
+            zip_of(z, members)
+        return root
+    if layout != "video-branch":
+        raise ValueError(layout)
+    shutil.rmtree(root / "video")
+    seq = json.loads((root / "json" / "action_sequence.json").read_text())
+    seq[0]["video"] = "ZS9XR_seg0.mp4"
+    write_json(root / "json" / "action_sequence.json", seq)
+    ep = json.loads((root / "json" / "episodic_reasoning.json").read_text())
+    ep[0]["video"] = f"{MVBENCH_CLIP}.mp4"
+    write_json(root / "json" / "episodic_reasoning.json", ep)
+    for rel in ("star/Charades_segment/ZS9XR_seg0.mp4", "star/Charades_segment/ZS9XR_seg1.mp4",
+                f"tvqa/video_fps3_hq_segment/{MVBENCH_CLIP}.mp4", "vlnqa/nav_0001.mp4", "scene_qa/video/s1.mp4"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(clip, root / rel)
+    return root
+
+
 # --------------------------------------------------------------------------- Video-MME
 
 VIDEO_MME_SCHEMA = pa.schema([(k, pa.string()) for k in (

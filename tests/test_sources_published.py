@@ -138,6 +138,25 @@ def test_mvbench_windows_are_applied_and_recorded(tmp_path):
     assert records["egocentric_navigation-0000"]["category"] == "egocentric_navigation"
 
 
+def test_mvbench_zips_packed_without_their_folder_are_found(tmp_path):
+    root = fx.build_mvbench_variant(tmp_path / "d", "flat-zips")
+    records, rows, _ = run("mvbench", root, tmp_path / "o", tmp_path / "c")
+    check("mvbench", records, rows)
+    assert records["action_sequence-0000"]["meta"]["window"] == [0.25, 1.75]
+
+
+def test_mvbench_video_revision_reads_the_pre_cut_segments_whole(tmp_path):
+    """The `video` revision (lmms-eval's): folders at the root, clips pre-cut, so no window is applied."""
+    root = fx.build_mvbench_variant(tmp_path / "d", "video-branch")
+    records, rows, _ = run("mvbench", root, tmp_path / "o", tmp_path / "c")
+    want, want_fail = EXPECTED["mvbench"]
+    check("mvbench", records, rows, ({**want, "action_sequence-0000": (2, "B")},
+                                     {**want_fail, "scene_transition-0002": ("scene_qa/video/s3.mp4",
+                                                                             "is in no video/*.zip and no folder")}))
+    assert all("window" not in r.get("meta", {}) for r in records.values())
+    assert records["episodic_reasoning-0000"]["timestamps"] == [0.5, 1.5]  # an mp4 segment, not frames
+
+
 def test_cauldron_multi_image_rows_are_one_sample_with_every_turn(tmp_path):
     root = fx.build_cauldron(tmp_path / "d")
     out = tmp_path / "o"
