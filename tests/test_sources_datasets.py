@@ -253,6 +253,18 @@ def test_pope_is_yes_no_mcq_clustered_by_image(roots):
     assert [s.id for s in run("pope", root, split="random")] == ["random-1", "random-2"]  # no Full/random: filtered
 
 
+def test_pope_copy_of_the_full_config_only_is_read_whole(tmp_path):
+    root = fx.build_pope(tmp_path / "d")
+    fx.write_parquet(root / "Full" / "random-00000-of-00001.parquet", [
+        {"id": "9", "question_id": "1", "question": "Is there a cat in the image?", "answer": "no",
+         "image_source": "COCO_val2014_000000000042", "image": fx.img(), "category": "random"}], fx.POPE_SCHEMA)
+    import shutil
+    shutil.rmtree(root / "data")
+    samples = run("pope", root)
+    assert [(s.id, s.extra["answer"]) for s in samples] == [("adversarial-1", "A"), ("adversarial-2", "B"),
+                                                            ("random-1", "B")]
+
+
 def test_pope_file_that_is_not_parquet_is_malformed(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data/test-00000-of-00001.parquet").write_text("not parquet")
