@@ -463,11 +463,12 @@ OPENVID_COLUMNS = ["video", "caption", "aesthetic score", "motion score", "tempo
                    "camera motion", "frame", "fps", "seconds"]
 
 
-def build_openvid(root: Path) -> Path:
+def build_openvid(root: Path, csv_dir: str = "data/train") -> Path:
     """data/train/OpenVid-1M.csv (4 rows: a.mp4 in OpenVid_part0.zip, b.mp4 in the SPLIT part 1
-    (`OpenVid_part1_partaa` + `_partab`, a zip cut in two), missing.mp4 in no archive, one empty caption)."""
+    (`OpenVid_part1_partaa` + `_partab`, a zip cut in two), missing.mp4 in no archive, one empty caption).
+    `csv_dir="."` puts the CSV at the repo root (where the Aug 2024 re-upload commits may have left it)."""
     clip = _Videos(root).template
-    table = root / "data" / "train" / "OpenVid-1M.csv"
+    table = root / csv_dir / "OpenVid-1M.csv"
     table.parent.mkdir(parents=True, exist_ok=True)
     with open(table, "w", newline="") as f:
         w = csv.writer(f)

@@ -217,6 +217,16 @@ def test_hub_defaults_fetch_a_documented_subset(tmp_path, hub):
     assert sorted(hub.fetched["nkp37/OpenVid-1M"]) == ["OpenVid_part0.zip", "data/train/OpenVid-1M.csv"]
 
 
+def test_openvid_csv_at_the_repo_root_is_read_locally_and_fetched(tmp_path, hub):
+    root = fx.build_openvid(tmp_path / "d", csv_dir=".")
+    local = run("openvid", root, tmp_path / "o1", tmp_path / "c1")
+    check("openvid", *local[:2])
+    hub.add("nkp37/OpenVid-1M", root)
+    remote = run("openvid", None, tmp_path / "o2", tmp_path / "c2", extra={"parts": "all"})
+    check("openvid", *remote[:2])
+    assert "OpenVid-1M.csv" in hub.fetched["nkp37/OpenVid-1M"]
+
+
 def test_a_pattern_list_that_misses_the_archives_is_caught(tmp_path, hub, monkeypatch):
     """The stand-in honours allow_patterns: without the zips the questions fail, naming each video."""
     from fvlm_cli.data.sources import video_mme
