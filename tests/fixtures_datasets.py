@@ -454,6 +454,7 @@ def build_mlvu(root: Path) -> Path:
     ])
     videos.put(mlvu / "video" / "1_plotQA" / "movie101_66.mp4")
     videos.put(mlvu / "video" / "4_count" / "count_1.mp4")
+    videos.put(mlvu / "video" / "9_summary" / "sum_1.mp4")
     return hf_local_dir(root)
 
 

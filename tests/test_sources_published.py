@@ -117,6 +117,7 @@ def test_local_copy_and_hub_id_give_the_expected_samples(name, tmp_path, hub):
     assert {k: (v["input"], v["reason"]) for k, v in remote[1].items()} == \
            {k: (v["input"], v["reason"]) for k, v in local[1].items()}
     assert hub.fetched[repo], "the Hub path downloads through the stand-in"
+    assert not any("9_summary" in f and f.endswith(".mp4") for f in hub.fetched[repo])  # never read: not fetched
 
 
 def test_video_mme_keeps_the_fields_bench_reports_by(tmp_path):

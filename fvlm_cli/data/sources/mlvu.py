@@ -22,12 +22,18 @@ KIND_DEFAULT = "mcq"
 HUB_REPO = "MLVU/MVLU"
 
 GENERATION_TASKS = ("8_sub_scene", "9_summary")
+MCQ_TASKS = ("1_plotQA", "2_needle", "3_ego", "4_count", "5_order", "6_anomaly_reco", "7_topic_reasoning")
+
+
+def allow_patterns(tasks: list[str]) -> list[str]:
+    """The task files and the named tasks' video folders (the seven multiple-choice ones by default: the
+    generation tasks' videos are never read, so never fetched)."""
+    return ["MLVU/json/*", *(f"MLVU/video/{t}/*" for t in (tasks or MCQ_TASKS))]
 
 
 def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSample]:
     wanted = _hub.selectors(opts.split)
-    videos = [f"MLVU/video/{t}/*" for t in wanted] if wanted else ["MLVU/video/*"]
-    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=["MLVU/json/*", *videos])
+    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=allow_patterns(wanted))
     if (root / "MLVU" / "json").is_dir():
         root = root / "MLVU"
     if not (root / "json").is_dir():
