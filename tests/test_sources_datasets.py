@@ -210,7 +210,8 @@ def test_mvbench_maps_tasks_to_zip_members_and_answers_to_letters(roots):
     with pytest.raises(DataError, match="unknown task"):
         run("mvbench", root, split="nope")
     assert len(mvbench.TASKS) == 20 and mvbench.TASKS["egocentric_navigation"][0].path == "vlnqa"
-    assert mvbench.allow_patterns(["scene_transition"]) == ["json/*", "video/scene_qa.zip", "video/data0613.zip"]
+    assert mvbench.allow_patterns(["scene_transition"]) == ["json/*", "video/scene_qa.zip", "video/data0613.zip",
+                                                            "scene_qa/video/*"]
 
 
 def test_mvbench_task_file_that_is_not_a_list_is_malformed(tmp_path):

@@ -146,16 +146,28 @@ def test_mvbench_zips_packed_without_their_folder_are_found(tmp_path):
     assert records["action_sequence-0000"]["meta"]["window"] == [0.25, 1.75]
 
 
-def test_mvbench_video_revision_reads_the_pre_cut_segments_whole(tmp_path):
-    """The `video` revision (lmms-eval's): folders at the root, clips pre-cut, so no window is applied."""
-    root = fx.build_mvbench_variant(tmp_path / "d", "video-branch")
-    records, rows, _ = run("mvbench", root, tmp_path / "o", tmp_path / "c")
+def check_mvbench_video_revision(records: dict, rows: dict) -> None:
     want, want_fail = EXPECTED["mvbench"]
     check("mvbench", records, rows, ({**want, "action_sequence-0000": (2, "B")},
                                      {**want_fail, "scene_transition-0002": ("scene_qa/video/s3.mp4",
                                                                              "is in no video/*.zip and no folder")}))
     assert all("window" not in r.get("meta", {}) for r in records.values())
     assert records["episodic_reasoning-0000"]["timestamps"] == [0.5, 1.5]  # an mp4 segment, not frames
+
+
+def test_mvbench_video_revision_reads_the_pre_cut_segments_whole(tmp_path, hub):
+    """The `video` revision (lmms-eval's): folders at the root, clips pre-cut, so no window is applied; a Hub
+    id fetches it with `--set revision=video` (main stays the default)."""
+    video = fx.build_mvbench_variant(tmp_path / "video", "video-branch")
+    check_mvbench_video_revision(*run("mvbench", video, tmp_path / "o1", tmp_path / "c")[:2])
+    hub.add("OpenGVLab/MVBench", fx.build_mvbench(tmp_path / "main"))
+    hub.add("OpenGVLab/MVBench", video, revision="video")
+    check_mvbench_video_revision(*run("mvbench", None, tmp_path / "o", tmp_path / "c", extra={"revision": "video"})[:2])
+    assert (tmp_path / "c" / "OpenGVLab--MVBench@video" / "star" / "Charades_segment").is_dir()
+    check("mvbench", *run("mvbench", None, tmp_path / "o2", tmp_path / "c")[:2])  # the default is still main
+    assert (tmp_path / "c" / "OpenGVLab--MVBench@video" / "star" / "Charades_segment").is_dir()
+    main = run("mvbench", None, tmp_path / "o2", tmp_path / "c")  # the default is still main
+    check("mvbench", *main[:2])
 
 
 def test_cauldron_multi_image_rows_are_one_sample_with_every_turn(tmp_path):
