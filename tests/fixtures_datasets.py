@@ -458,6 +458,32 @@ def build_mlvu(root: Path) -> Path:
     return hf_local_dir(root)
 
 
+MLVU_DEV_SCHEMA = pa.schema([("video_name", pa.string()), ("duration", pa.float64()), ("question", pa.string()),
+                             ("candidates", pa.list_(pa.string())), ("answer", pa.string()),
+                             ("task_type", pa.string()), ("question_id", pa.string())])
+
+
+def build_mlvu_dev(root: Path) -> Path:
+    """lmms-eval's sy1998/MLVU_dev: mlvu/test-00000-of-00001.parquet (4 rows: a letter answer, a text answer,
+    an answer that is neither, a video in no zip) and the videos in root-level zips (video_part_1.zip holds
+    the plotQA clip under its video_name path, action_count.zip the count clip under its bare name)."""
+    clip = _template()
+
+    def row(qid, video, task, question, candidates, answer):
+        opts = "\n".join(f"({'ABCD'[i]}) {c}" for i, c in enumerate(candidates))
+        return {"video_name": video, "duration": 246.0, "question": f"{question}\n{opts}", "candidates": candidates,
+                "answer": answer, "task_type": task, "question_id": qid}
+    write_parquet(root / "mlvu" / "test-00000-of-00001.parquet", [
+        row("q0", "1_plotQA/movie101_66.mp4", "plotQA", "What colour is the hat?", ["Red", "Blue", "Green"], "C"),
+        row("q1", "4_count/count_1.mp4", "count", "How many jumps?", ["1", "2", "3", "4"], "4"),
+        row("q2", "4_count/count_1.mp4", "count", "How many cars?", ["1", "2"], "E"),
+        row("q3", "3_ego/ego_9.mp4", "ego", "Where did I put the keys?", ["Desk", "Bag"], "A"),
+    ], MLVU_DEV_SCHEMA)
+    zip_of(root / "video_part_1.zip", {"1_plotQA/movie101_66.mp4": clip})
+    zip_of(root / "action_count.zip", {"count_1.mp4": clip})
+    return hf_local_dir(root)
+
+
 # --------------------------------------------------------------------------- OpenVid-1M
 
 OPENVID_COLUMNS = ["video", "caption", "aesthetic score", "motion score", "temporal consistency score",

@@ -170,6 +170,21 @@ def test_mvbench_video_revision_reads_the_pre_cut_segments_whole(tmp_path, hub):
     check("mvbench", *main[:2])
 
 
+def test_mlvu_reads_lmms_evals_parquet_copy_locally_and_by_hub_id(tmp_path, hub):
+    root = fx.build_mlvu_dev(tmp_path / "d")
+    want = ({"q0": (2, "C"), "q1": (2, "D")},
+            {"q2": (None, "neither an option letter nor one of the candidates"),
+             "q3": ("3_ego/ego_9.mp4", "video 3_ego/ego_9.mp4 is in no *.zip")})
+    records, rows, _ = run("mlvu", root, tmp_path / "o1", tmp_path / "c")
+    check("mlvu", records, rows, want)
+    assert records["q0"]["question"] == "What colour is the hat?" and records["q0"]["category"] == "plotQA"
+    hub.add("sy1998/MLVU_dev", root)
+    remote = run("mlvu", "sy1998/MLVU_dev", tmp_path / "o2", tmp_path / "c")
+    check("mlvu", *remote[:2], want)
+    only = run("mlvu", root, tmp_path / "o3", tmp_path / "c", split="4_count")
+    assert sorted(list(only[0]) + list(only[1])) == ["q1", "q2"]
+
+
 def test_cauldron_multi_image_rows_are_one_sample_with_every_turn(tmp_path):
     root = fx.build_cauldron(tmp_path / "d")
     out = tmp_path / "o"
