@@ -358,11 +358,14 @@ def stream_shard(url: str, access: Any = None, *, start: int = 0, expected: Opti
             stream = remote.open_raw(src, access)
             hashing = _Hashing(stream) if (access.verify and sha256 and local is None) else None
             files = tar_file_iterator(hashing or stream)
-            ordinal = 0
+            ordinal, held = 0, None
+            # a sample is passed on only once the next one has begun (or the stream ended cleanly): a stream cut
+            # at a member boundary would otherwise hand out its last sample with members missing
             for raw in group_by_keys({**f, "__url__": url} for f in files):
-                if ordinal >= next_ordinal:
-                    yield _sample_of(url, ordinal, raw)
-                    next_ordinal = ordinal + 1
+                if held is not None:
+                    yield held
+                    next_ordinal = held.ordinal + 1
+                held = _sample_of(url, ordinal, raw) if ordinal >= next_ordinal else None
                 ordinal += 1
             digest = hashing.drain() if hashing else None
             stream.close()  # a pipe / curl reports its exit status here
@@ -370,6 +373,8 @@ def stream_shard(url: str, access: Any = None, *, start: int = 0, expected: Opti
                 raise remote.TransientError(f"stream ended after {ordinal} of {expected} samples")
             if digest is not None and digest != sha256:
                 raise remote.TransientError(f"sha256 mismatch (manifest {sha256[:12]}..., got {digest[:12]}...)")
+            if held is not None:
+                yield held
             return
         except DataError:
             raise
