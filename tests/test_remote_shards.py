@@ -252,3 +252,22 @@ def test_upload_shards_refuses_an_incomplete_set(hub, tmp_path):
     with pytest.raises(DataError, match="shard-000002.tar listed in the manifest is missing"):
         publish_shards(d, "me/x", token="t", progress=False)
     assert not hub.commits
+
+
+def test_stream_cut_at_a_member_boundary_is_noticed_by_the_manifest_count(shard_set, tok):
+    """`head -c` ends the tar cleanly after the first sample (status 0): only the manifest's count tells."""
+    from fvlm_cli.data.remote import ShardAccess
+    from fvlm_cli.data.shards import stream_shard
+
+    d, _ = shard_set
+    tar = d / "shard-000000.tar"
+    with tarfile.open(tar) as t:
+        members = t.getmembers()
+    first_key = members[0].name.split(".")[0]
+    cut = next(m.offset for m in members if not m.name.startswith(first_key))  # the second sample's header
+    url = f"pipe:head -c {cut} {tar}"
+    assert [s.key for s in stream_shard(url)] == [first_key]  # no count: the short stream looks complete
+    with pytest.raises(DataError, match=r"stream ended after 1 of 2 samples after 2 attempts"):
+        list(stream_shard(url, ShardAccess(retries=1, backoff=0.01), expected=2))
+    # and the half-read sample is never handed out: resuming inside a shard skips what was read
+    assert [s.ordinal for s in stream_shard(str(tar), start=1)] == [1]

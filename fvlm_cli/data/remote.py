@@ -156,13 +156,13 @@ def describe_failure(url: str, exc: BaseException, stream: Optional[IO[bytes]] =
                 pass
         text = err.decode(errors="replace").strip().splitlines()
         detail = text[-1] if text else ""
-        if url.startswith("pipe:"):
-            return f"command exited with status {status}{': ' + detail if detail else ''}", status not in (None, 0)
+        if url.startswith("pipe:") and status not in (None, 0, 141):
+            return f"command exited with status {status}{': ' + detail if detail else ''}", True
         if status == 22:
             code = re.search(r"error:? (\d{3})", detail)
             http = int(code.group(1)) if code else 0
             return f"HTTP {http or 'error'}", http >= 500 or http in (408, 429) or http == 0
-        if status not in (None, 0):
+        if status not in (None, 0, 141) and not url.startswith("pipe:"):
             return (f"curl: {_CURL_TEXT.get(status, f'exit {status}')}{' (' + detail + ')' if detail else ''}",
                     status in _CURL_TRANSIENT)
     if isinstance(exc, FileNotFoundError):
