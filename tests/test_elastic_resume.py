@@ -10,9 +10,8 @@ import torch
 
 from fvlm_cli.data.loader import build_train_loader
 from fvlm_cli.model.tokenizer import load_tokenizer
-from fvlm_cli.settings import RunConfig, ShardSet
 from hub_standin import FileServer
-from shard_factory import make_samples, write_shards
+from shard_factory import loader_config, make_samples, write_shards
 
 S = 8
 
@@ -22,16 +21,8 @@ def tok():
     return load_tokenizer("tiny")
 
 
-def _cfg(path, **data) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.image_size = S
-    cfg.data.train = [ShardSet(path=str(path))]
-    cfg.data.num_workers = 0
-    cfg.data.shuffle_buffer = 3
-    cfg.data.batch_size = 2
-    for k, v in data.items():
-        setattr(cfg.data, k, v)
-    return cfg
+def _cfg(path, **data):
+    return loader_config(path, size=S, **{"batch_size": 2, **data})
 
 
 def _run(cfg, tok, world, workers, batches=None, states=None, epochs=1):

@@ -13,9 +13,8 @@ from fvlm_cli.data.loader import build_eval_loader, build_train_loader
 from fvlm_cli.data.shards import iter_shard_samples, resolve_shards
 from fvlm_cli.errors import DataError
 from fvlm_cli.model.tokenizer import load_tokenizer
-from fvlm_cli.settings import RunConfig, ShardSet
 from hub_standin import FileServer, LocalHub
-from shard_factory import make_samples, write_shards
+from shard_factory import loader_config, make_samples, write_shards
 
 S = 8
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,16 +33,8 @@ def shard_set(tmp_path_factory):
     return d, samples
 
 
-def _cfg(*paths, **data) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.image_size = S
-    cfg.data.train = [ShardSet(path=str(p)) for p in paths]
-    cfg.data.num_workers = 0
-    cfg.data.retry_backoff = 0.01
-    cfg.data.shuffle_buffer = 3
-    for k, v in data.items():
-        setattr(cfg.data, k, v)
-    return cfg
+def _cfg(*paths, **data):
+    return loader_config(*paths, size=S, **data)
 
 
 def _epoch_ids(cfg, tok, world=1, workers=0):
