@@ -262,3 +262,8 @@ def test_stream_cut_at_a_member_boundary_is_noticed_by_the_manifest_count(shard_
         list(stream_shard(url, ShardAccess(retries=1, backoff=0.01), expected=2))
     # and the half-read sample is never handed out: resuming inside a shard skips what was read
     assert [s.ordinal for s in stream_shard(str(tar), start=1)] == [1]
+
+
+def test_http_glob_is_refused_with_the_alternatives():
+    with pytest.raises(DataError, match="cannot be globbed; use a brace pattern"):
+        resolve_shards("https://example.invalid/set/*.tar")

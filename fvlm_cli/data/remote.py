@@ -315,6 +315,9 @@ def resolve_remote(spec: str, access: ShardAccess) -> ShardSetRef:
         ref = ShardSetRef(spec, sorted(f"{base}/{e.get('path') or e['name']}" for e in manifest["shards"]))
         _apply_manifest(ref, manifest, base)
         return ref
+    if not is_hf and re.search(r"[*?\[]", spec):
+        raise DataError(f"{spec}: an http(s) server cannot be globbed; use a brace pattern "
+                        f"(shard-{{000000..000099}}.tar) or the folder URL when it has a {MANIFEST}")
     urls: list[str] = []
     for pattern in expand_braces(spec):
         if is_hf and re.search(r"[*?\[]", pattern):
