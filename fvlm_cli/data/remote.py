@@ -114,9 +114,15 @@ def _curl(url: str, access: ShardAccess, headers: dict[str, str]) -> IO[bytes]:
 
     cmd = ["curl", "-f", "-s", "-S", "-L", "--connect-timeout", str(int(access.timeout)),
            "--speed-time", str(int(access.timeout)), "--speed-limit", "1"]
-    for k, v in headers.items():
-        cmd += ["-H", f"{k}: {v}"]
-    return Pipe(cmd + [url], mode="rb", bufsize=1 << 16, ignore_status=[141, 23], stderr=subprocess.PIPE)
+    if not headers:
+        return Pipe(cmd + [url], mode="rb", bufsize=1 << 16, ignore_status=[141, 23], stderr=subprocess.PIPE)
+    # headers (the Hub token) go in through a curl config on stdin: never in the process list
+    pipe = Pipe(cmd + ["-K", "-", url], mode="rb", bufsize=1 << 16, ignore_status=[141, 23], stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE)
+    config = "".join(f'header = "{k}: {v}"\n' for k, v in headers.items())
+    pipe.proc.stdin.write(config.encode())
+    pipe.proc.stdin.close()
+    return pipe
 
 
 def _hf_headers() -> dict[str, str]:
@@ -213,10 +219,7 @@ def read_bytes(url: str, access: ShardAccess) -> bytes:
         stream = open_raw(url, access)
         try:
             data = stream.read()
-            if hasattr(stream, "proc"):
-                stream.close()  # raises on a non-zero curl exit
-            else:
-                stream.close()
+            stream.close()  # a curl / pipe exit status is checked here
             return data
         except Exception as e:
             e.stream = stream
