@@ -5,6 +5,10 @@
     naive  eval/mcq.score_naive: a full forward (DINO re-encoded) for every option x mode, one question at a time:
            what the reference implementation did (SPEC §10).
     fast (batch 1) is the fast path one question at a time: the gain from caching alone.
+With --protocol reference the questions are real text (the tiny tokenizer's chat template, 4 lettered options
+parsed from the user text) scored by the reference rules: fast = `mcq.score_questions(protocol="reference")`,
+naive = a full forward per option x mode of the rendered conversation with CE(ignore_index = pad) (the
+original research code's loop).
 
 The inputs are synthetic (random frames, random prompt ids, options = one token + <|im_end|>) and the weights
 random (pretrained=false: nothing is downloaded); speed does not depend on either. Both paths score the same
@@ -12,6 +16,7 @@ questions and their mean NLLs are compared (max |difference| in the JSON).
 
     python benchmarks/bench_eval.py                                   # tiny preset, CPU -> results/bench_eval_cpu.json
     python benchmarks/bench_eval.py --preset fvlm-135m --device cuda --frames 16 --questions 32
+    python benchmarks/bench_eval.py --protocol reference       # -> results/bench_eval_reference_cpu.json
 
 Target: fast >= 5x fewer seconds per question than naive.
 """
@@ -88,6 +93,100 @@ def run_naive(model, questions, device):
     return time.perf_counter() - t0, means
 
 
+def reference_questions(n: int, frames: int, size: int, seed: int = 0) -> list:
+    g = torch.Generator().manual_seed(seed)
+    words = ["red", "green", "blue", "yellow", "circle", "square", "moving left", "moving right"]
+    out = []
+    for i in range(n):
+        opts = [words[(i + k) % len(words)] for k in range(4)]
+        user = (f"What is shown in clip {i}?\n" + "\n".join(f"{'ABCD'[k]}. {o}" for k, o in enumerate(opts))
+                + "\nAnswer with the option's letter from the given choices directly.")
+        clip = (torch.rand(frames, size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+        out.append(mcq.Question(f"q{i}", [{"role": "user", "content": user}], opts, "ABCD"[i % 4], clip))
+    return out
+
+
+def run_reference(model, tok, questions, batch_size, device):
+    """Fast path: seconds and scores [mode][question][option]."""
+    from types import SimpleNamespace
+
+    from fvlm_cli.settings import ChatConfig, MediaConfig
+
+    lm = SimpleNamespace(model=model, tokenizer=tok, chat=ChatConfig(), media=MediaConfig())
+    scores = {m: [] for m in MODES}
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(0, len(questions), batch_size):
+        rows = mcq.score_questions(lm, questions[i : i + batch_size], modes=MODES, methods=["loglik"],
+                                   protocol="reference")
+        for r in rows:
+            scores[r["mode"]].append(r["scores"])
+    sync(device)
+    return time.perf_counter() - t0, scores
+
+
+def run_reference_naive(model, tok, questions, device):
+    """The original loop: every option x mode a full forward (DINO re-encoded), CE with ignore_index = pad."""
+    import torch.nn.functional as F
+
+    from fvlm_cli.data.media import frames_to_tensor
+    from fvlm_cli.eval import reference
+
+    scores = {m: [] for m in MODES}
+    sync(device)
+    t0 = time.perf_counter()
+    for q in questions:
+        system = {"role": "system", "content": reference.SYSTEM_PROMPT}
+        user = {"role": "user", "content": q.messages[0]["content"]}
+        prompt_len = len(tok(tok.apply_chat_template([system, user], tokenize=False, add_generation_prompt=True))["input_ids"])
+        x = frames_to_tensor(q.frames)[None].to(device)
+        for m in MODES:
+            per = []
+            for _, option in reference.parse_options(user["content"]):
+                text = tok.apply_chat_template([system, user, {"role": "assistant", "content": option}], tokenize=False)
+                ids = torch.tensor([tok(text)["input_ids"]], device=device)
+                logits = model(x, ids, mode=m)["logits"][0]
+                ce = F.cross_entropy(logits[prompt_len - 1 : -1], ids[0, prompt_len:], ignore_index=tok.pad_token_id,
+                                     reduction="none")
+                per.append(float(ce.sum()) / ce.numel())
+            scores[m].append(per)
+    sync(device)
+    return time.perf_counter() - t0, scores
+
+
+def main_reference(args, model, device) -> None:
+    from fvlm_cli.model.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("tiny" if args.preset == "tiny" else model_llm(args.preset))
+    questions = reference_questions(args.questions, args.frames, model.image_size)
+    with torch.no_grad():
+        run_reference(model, tok, questions[:2], 2, device)
+        fast_s, naive_s = [], []
+        for _ in range(args.repeats):
+            t, fast_scores = run_reference(model, tok, questions, args.batch_size, device)
+            fast_s.append(t)
+            t, naive_scores = run_reference_naive(model, tok, questions, device)
+            naive_s.append(t)
+    diff = max(abs(a - b) for m in MODES for qa, qb in zip(fast_scores[m], naive_scores[m]) for a, b in zip(qa, qb))
+    per_q = {"fast": statistics.median(fast_s) / args.questions, "naive": statistics.median(naive_s) / args.questions}
+    result = {
+        "benchmark": "reference-protocol MCQ scoring, seconds per question (3 modes x 4 options)",
+        "preset": args.preset, "device": str(device), "dtype": args.dtype, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "questions": args.questions, "frames": args.frames,
+        "batch_size": args.batch_size, "repeats": args.repeats, "seconds_per_question": per_q,
+        "speedup": per_q["naive"] / per_q["fast"], "max_abs_score_diff": diff,
+        "runs_s": {"fast": fast_s, "naive": naive_s},
+    }
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bench_eval_reference_{device.type}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"reference protocol, {args.preset} on {device}: fast {per_q['fast']:.4f} s/q, naive {per_q['naive']:.4f} "
+          f"s/q ({result['speedup']:.1f}x); max |score diff| {diff:.2e} -> {out}")
+
+
+def model_llm(name: str) -> str:
+    return preset(name).llm
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="tiny", help="model preset (random weights, no download)")
@@ -100,6 +199,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="questions per fast-path batch")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path (the median is reported)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--protocol", default="fvlm", choices=["fvlm", "reference"],
+                    help="fvlm: random ids, the fvlm reduction; reference: the reference protocol's rules")
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/bench_eval_<device type>.json)")
     args = ap.parse_args()
 
@@ -110,6 +211,8 @@ def main() -> None:
     model = build_model(preset(args.preset, ["pretrained=false"])).to(device).eval()
     if args.dtype == "bf16":
         model.to(torch.bfloat16)
+    if args.protocol == "reference":
+        return main_reference(args, model, device)
     questions = make_questions(model, args.questions, args.frames, args.options, args.prompt_tokens)
 
     with torch.no_grad():  # warm-up: allocator, kernels, lazy inits

@@ -20,6 +20,8 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import bisect
+
 import av
 import numpy as np
 
@@ -34,6 +36,37 @@ VIDEOS = [
     ("sparse_288x224_60s", 60, (288, 224), 250),
 ]
 QUICK = [("dense_224x224_20s", 20, (224, 224), 30), ("sparse_288x224_20s", 20, (288, 224), 250)]
+
+
+def decode_all_frames_baseline(src, *, fps: float = 1.0, max_frames: int = 64, image_size: int = 224) -> "media.Clip":
+    """The naive reader `load_video` is benchmarked against: decode and convert EVERY frame, then pick.
+
+    Same decoder settings, transform and picking rule as `load_video`, so the output is identical. Lives here,
+    not in the library: only this benchmark (and the test that checks the two agree) uses it.
+    """
+    from fvlm_cli.data import media
+    from fvlm_cli.data.media import (_EPS, Clip, MediaError, _frame_to_square, _legacy_rotation, _one_line, _Video,
+                                     sample_timestamps)
+
+    video = _Video(src)
+    try:
+        duration = video.metadata_duration() or video.scan_duration()
+        targets = sample_timestamps(duration or 0.0, fps, max_frames)
+        converted, ftimes = [], []
+        try:
+            for frame in video.frames():
+                ftimes.append(video.frame_time(frame))
+                rotation = frame.rotation or _legacy_rotation(video.stream)
+                converted.append(_frame_to_square(frame, image_size, rotation, video.sar))
+        except av.error.FFmpegError as e:
+            raise MediaError(f"{video.name}: cannot decode video ({_one_line(e)})") from e
+    finally:
+        video.close()
+    if not converted:
+        raise MediaError(f"{video.name}: no decodable video frames")
+    picked = [max(0, bisect.bisect_right(ftimes, t + _EPS) - 1) for t in targets]
+    return Clip(frames=np.stack([converted[j] for j in picked]), timestamps=[round(ftimes[j], 6) for j in picked],
+                is_image=False, duration=duration, source=video.name)
 
 
 def write_video(path: Path, seconds: int, size: tuple[int, int], gop: int, fps: int = 30) -> Path:
@@ -83,11 +116,12 @@ def main() -> None:
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
 
-    from fvlm_cli.data import media
+    from fvlm_cli.data import media, video
     from fvlm_cli.data.precompute import run_precompute
     from fvlm_cli.data.sources.base import SourceOptions
+    from fvlm_cli.settings import MediaConfig
 
-    media.DECODE_THREADS = 1  # per-core numbers: one process per core, as precompute runs
+    video.DECODE_THREADS = 1  # per-core numbers: one process per core, as precompute runs
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "videos"
@@ -97,7 +131,7 @@ def main() -> None:
             (folder / f"{name}.txt").write_text(name)
             kw = dict(fps=1.0, max_frames=64, image_size=args.image_size)
             t_fast, t_base, fast, base = timed_pair(lambda: media.load_media(path, **kw),
-                                                    lambda: media.decode_all_frames_baseline(path, **kw), repeats)
+                                                    lambda: decode_all_frames_baseline(path, **kw), repeats)
             same = fast.frames.shape == base.frames.shape and bool(np.array_equal(fast.frames, base.frames))
             n = len(fast.timestamps)
             rows.append({"video": name, "seconds": seconds, "size": list(size), "keyint": gop,
@@ -114,7 +148,7 @@ def main() -> None:
                     (folder / f"{p.stem}_copy{k}.txt").write_text(p.stem)
         t0 = time.perf_counter()
         summary = run_precompute("videos", str(folder), Path(tmp) / "shards", workers=args.workers, shard_size=2,
-                                 progress=False, opts=SourceOptions(image_size=args.image_size))
+                                 progress=False, opts=SourceOptions(media=MediaConfig(image_size=args.image_size)))
         wall = time.perf_counter() - t0
 
     fast_total = sum(r["load_media_s"] for r in rows)

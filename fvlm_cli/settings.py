@@ -149,3 +149,40 @@ class RunConfig:
                           ("optim", OptimConfig), ("train", TrainConfig), ("dpo", DPOConfig)):
             if getattr(self, name) is None:
                 setattr(self, name, cls())
+
+
+@dataclass
+class DownloadConfig:
+    timeout: float = field(30.0, help="seconds of silence (connect/read) before a download attempt is abandoned")
+    max_mb: float = field(512.0, help="size cap per downloaded file (MiB); bigger files are failures")
+    retries: int = field(3, help="extra attempts after a 5xx/429, a timeout or a dropped connection")
+    backoff: float = field(1.0, help="seconds before the first retry, doubled each time")
+
+
+@dataclass
+class PrecomputeConfig:
+    """Everything `fvlm precompute` reads (YAML via --config, flags, --set)."""
+
+    source: str = field("", help="source name (see `fvlm precompute --help`)")
+    input: Optional[str] = field(None, help="local path or Hub dataset id (synthetic: none)")
+    out: str = field("", help="output directory: *.tar, manifest.json, failures.jsonl")
+    workers: Optional[int] = field(None, help="decoding processes (default min(4, cpus); 0 = in-process)")
+    part: str = field("0/1", help="i/n: keep samples whose index % n == i (split across machines)")
+    media: MediaConfig = field(None, help="frame sampling policy (fps, max_frames, image_size)")
+    shard_size: int = field(1000, help="samples per tar")
+    limit: Optional[int] = field(None, help="use only the first N samples of the source (before --part)")
+    seed: int = field(0, help="seed for sources that sample or generate")
+    split: Optional[str] = field(None, help="dataset split/subset/config where the source has several")
+    cache_dir: Optional[str] = field(None, help="where Hub downloads and tar.gz extractions go (never inside the "
+                                                "input; default ~/.cache/fvlm)")
+    max_fail_ratio: Optional[float] = field(None, help="fail (exit 2) when failures / samples exceeds this")
+    retry_failed: bool = field(False, help="redo finished shards that recorded failures")
+    jpeg_quality: int = field(90, help="JPEG quality of stored frames")
+    download: DownloadConfig = field(None, help="http(s) fetching of media URLs")
+    extra: dict[str, Any] = field({}, help="source-specific knobs (--set key=value)")
+
+    def __post_init__(self):
+        if self.media is None:
+            self.media = MediaConfig()
+        if self.download is None:
+            self.download = DownloadConfig()

@@ -51,6 +51,7 @@ def run_speedrun(out: str | Path = "runs/speedrun", preset: str = "tiny", *, n_v
                  overrides: list[str] | None = None) -> dict:
     from fvlm_cli.data.precompute import run_precompute
     from fvlm_cli.data.sources.base import SourceOptions
+    from fvlm_cli.settings import MediaConfig
     from fvlm_cli.train.loop import load_run_config, train
 
     out = Path(out)
@@ -69,7 +70,7 @@ def run_speedrun(out: str | Path = "runs/speedrun", preset: str = "tiny", *, n_v
                 extra["n_videos"] = n_videos
             _say(f"precompute synthetic {split} [{kinds}] -> {data / name}")
             s = run_precompute("synthetic", None, data / name, workers=workers,
-                               opts=SourceOptions(split=split, image_size=64, extra=extra), shard_size=64,
+                               opts=SourceOptions(split=split, media=MediaConfig(image_size=64), extra=extra), shard_size=64,
                                progress=False)
             counts[name] = s.get("samples", s.get("written"))
         rec = steps.finish("data", {"seconds": time.perf_counter() - t0, "samples": counts})

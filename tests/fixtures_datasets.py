@@ -3,16 +3,23 @@
 Every builder writes into a fresh folder and returns its root. Parquet is written with pyarrow using the
 schema the HF `datasets` library writes (an `Image` column is a struct {bytes, path}); images are real PNGs
 made by PIL and videos real 2-second 64x64 MPEG-4 clips written with PyAV, so the driver could decode them.
-Each dataset carries at least one malformed row, to check it comes back as a RawSample with `error`.
+Videos ship in archives exactly as on the Hub (Video-MME `videos_chunked_NN.zip`, MVBench `video/<src>.zip`,
+OpenVid `OpenVid_partN.zip` and split `_partaa`/`_partab`, LLaVA-Video `<subset>_videos_N.tar.gz`), and every
+folder carries the `.cache/huggingface/` that `hf download --local-dir` leaves. Each dataset carries at least
+one malformed row, to check it comes back as a RawSample with `error`, and the video datasets one row whose
+video is in no archive.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import shutil
 import tarfile
+import tempfile
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +57,17 @@ def write_video(path: Path, seconds: float = 2.0, size: int = 64, fps: int = 8) 
     return path
 
 
+@lru_cache(maxsize=1)
+def _template() -> Path:
+    """One 2 s clip per test process, outside every dataset folder (encoding is the slow part)."""
+    return write_video(Path(tempfile.mkdtemp(prefix="fvlm-fixture-")) / "template.mp4")
+
+
 class _Videos:
-    """Writes one clip per builder and copies it: encoding is the slow part."""
+    """Copies the template clip where a layout wants a video."""
 
     def __init__(self, root: Path):
-        self.template = write_video(root / ".template.mp4")
+        self.template = _template()
 
     def put(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +91,27 @@ def img(color=(200, 30, 30), name: str = "x.png") -> dict:
     return {"bytes": png_bytes(color), "path": name}
 
 
+def hf_local_dir(root: Path) -> Path:
+    """What `hf download --local-dir` leaves beside the files: `.cache/huggingface/` metadata (never data)."""
+    meta = root / ".cache" / "huggingface"
+    (meta / "download").mkdir(parents=True, exist_ok=True)
+    (meta / ".gitignore").write_text("*\n")
+    (meta / "download" / "README.md.metadata").write_text("0123456789abcdef\netag\n1700000000.0\n")
+    return root
+
+
+def zip_of(path: Path, members: dict[str, Any]) -> Path:
+    """A zip written with the stored method (as video zips are): members {name: bytes or source Path}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            if isinstance(data, Path):
+                zf.write(data, name)
+            else:
+                zf.writestr(name, data)
+    return path
+
+
 # --------------------------------------------------------------------------- the_cauldron
 
 CAULDRON_SCHEMA = pa.schema([
@@ -87,7 +121,8 @@ CAULDRON_SCHEMA = pa.schema([
 
 
 def build_cauldron(root: Path) -> Path:
-    """ai2d: 4 rows (1 turn, 3 turns, 2 images, no texts); vqav2 in two shards: 3 rows (one without image)."""
+    """ai2d: 4 rows (1 turn, 3 turns, 2 images, no texts); vqav2 in two shards: 3 rows (one without image);
+    nlvr2: 2 rows of 2 images each (one with 2 turns)."""
     t = lambda u, a: {"user": u, "assistant": a, "source": "fixture"}  # noqa: E731
     write_parquet(root / "ai2d" / "train-00000-of-00001.parquet", [
         {"images": [img()], "texts": [t("What is shown?", "A red square.")]},
@@ -103,7 +138,13 @@ def build_cauldron(root: Path) -> Path:
     write_parquet(root / "vqav2" / "train-00001-of-00002.parquet", [
         {"images": [img((250, 250, 250))], "texts": [t("Is it bright?", "Yes.")]},
     ], CAULDRON_SCHEMA)
-    return root
+    write_parquet(root / "nlvr2" / "train-00000-of-00001.parquet", [
+        {"images": [img((255, 0, 0)), img((0, 0, 255))],
+         "texts": [t("The left image is red and the right one blue. True or false?", "True.")]},
+        {"images": [img((0, 255, 0)), img((0, 255, 0))],
+         "texts": [t("Do both images show the same colour?", "Yes."), t("Which colour?", "Green.")]},
+    ], CAULDRON_SCHEMA)
+    return hf_local_dir(root)
 
 
 # --------------------------------------------------------------------------- LLaVA-Video-178K
@@ -115,10 +156,11 @@ def _conv(*turns: str) -> list[dict]:
     return [{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(turns)]
 
 
-def build_llava_video(root: Path, archive: bool = False) -> Path:
+def build_llava_video(root: Path, archive: bool = True) -> Path:
     """Subset 0_30_s_academic_v0_1: caption file (2 rows) + open-ended QA file (2 rows, one malformed);
-    subset 1_2_m_youtube_v0_1: 1 row. With `archive`, the videos are packed in the subset's
-    `*_videos_1.tar.gz` as on the Hub instead of lying extracted."""
+    subset 1_2_m_youtube_v0_1: 2 rows, the second naming a video in no archive. The videos are packed in each
+    subset's `<subset>_videos_1.tar.gz` as on the Hub (members = the paths the rows name); `archive=False`
+    leaves them unpacked in the subset folder instead."""
     videos = _Videos(root)
     sub = root / LLAVA_SUBSET
     write_json(sub / f"{LLAVA_SUBSET}_cap_processed.json", [
@@ -145,9 +187,16 @@ def build_llava_video(root: Path, archive: bool = False) -> Path:
     write_json(other / "1_2_m_youtube_v0_1_cap_processed.json", [
         {"id": "y_1", "conversations": _conv("<image>\nSummarise.", "A long walk."),
          "video": "liwei_youtube_videos/videos/youtube_video_2024/ytb_1.mp4", "data_source": "1_2_m_youtube"},
+        {"id": "y_2", "conversations": _conv("<image>\nSummarise.", "Gone."),
+         "video": "liwei_youtube_videos/videos/youtube_video_2024/ytb_gone.mp4", "data_source": "1_2_m_youtube"},
     ])
-    videos.put(other / "liwei_youtube_videos/videos/youtube_video_2024/ytb_1.mp4")
-    return root
+    rel = "liwei_youtube_videos/videos/youtube_video_2024/ytb_1.mp4"
+    if archive:
+        with tarfile.open(other / "1_2_m_youtube_v0_1_videos_1.tar.gz", "w:gz") as tf:
+            tf.add(videos.template, arcname=rel)
+    else:
+        videos.put(other / rel)
+    return hf_local_dir(root)
 
 
 # --------------------------------------------------------------------------- smoltalk
@@ -175,7 +224,7 @@ def build_smoltalk(root: Path) -> Path:
         {"messages": [m("user", "How are you?"), m("assistant", "Well, thanks.")], "source": None},
         {"messages": [m("user", "Nice day."), m("assistant", "Indeed.")], "source": None},
     ], SMOLTALK_SCHEMA)
-    return root
+    return hf_local_dir(root)
 
 
 # --------------------------------------------------------------------------- RLAIF-V
@@ -196,45 +245,55 @@ def build_rlaif_v(root: Path) -> Path:
                 "image_path": f"img_{i}.jpg"}
     write_parquet(root / "RLAIF-V-Dataset_000.parquet", [row(0), row(1)], RLAIF_SCHEMA)
     write_parquet(root / "RLAIF-V-Dataset_001.parquet", [row(2), row(3, image=False)], RLAIF_SCHEMA)
-    return root
+    return hf_local_dir(root)
 
 
 # --------------------------------------------------------------------------- MVBench
 
+MVBENCH_CLIP = "castle_s01e01_seg01_clip_00"
+
+
 def build_mvbench(root: Path) -> Path:
-    """action_sequence (original layout: whole Charades video + start/end), object_interaction (current
-    layout: pre-cut segment), episodic_reasoning (TVQA frame folder), scene_transition (2 rows, one whose
-    answer is not a candidate)."""
+    """json/ + video/<src>.zip as on the Hub: action_sequence (original layout: whole Charades video in
+    star.zip + a start/end window), object_interaction (pre-cut segment, window ignored), episodic_reasoning
+    (a 12-frame TVQA frame folder in tvqa.zip = 4 s at 3 fps, window [1, 3]), egocentric_navigation
+    (vlnqa.zip), scene_transition (3 rows: one fine, one answer not a candidate, one video in no zip)."""
     videos = _Videos(root)
+    clip = videos.template
     write_json(root / "json" / "action_sequence.json", [
         {"video": "ZS9XR.mp4", "question": "What did the person do first?",
          "candidates": ["Opened the door.", "Sat on the bed.", "Took the cup."], "answer": "Sat on the bed.",
-         "start": 1.5, "end": 9.0},
+         "start": 0.25, "end": 1.75},
     ])
-    videos.put(root / "video" / "star" / "Charades_v1_480" / "ZS9XR.mp4")
     write_json(root / "json" / "object_interaction.json", [
         {"video": "ZS9XR_seg1.mp4", "question": "Which object did the person take?",
          "candidates": ["The cup.", "The book.", "The towel.", "The phone."], "answer": "The towel.",
-         "start": 0.0, "end": 2.0},
+         "start": 0.0, "end": 1.0},
     ])
-    videos.put(root / "video" / "star" / "Charades_segment" / "ZS9XR_seg1.mp4")
+    zip_of(root / "video" / "star.zip", {"star/Charades_v1_480/ZS9XR.mp4": clip,
+                                         "star/Charades_segment/ZS9XR_seg1.mp4": clip})
     write_json(root / "json" / "episodic_reasoning.json", [
-        {"video": "castle_s01e01_seg01_clip_00", "question": "Why did Castle smile?",
+        {"video": MVBENCH_CLIP, "question": "Why did Castle smile?",
          "candidates": ["He won.", "He lost.", "He laughed.", "He left.", "He slept."], "answer": "He won.",
-         "start": 0.0, "end": 3.0},
+         "start": 1.0, "end": 3.0},
     ])
-    frames = root / "video" / "tvqa" / "frames_fps3_hq" / "castle_s01e01_seg01_clip_00"
-    frames.mkdir(parents=True)
-    for i in range(3):
-        (frames / f"{i + 1:05d}.jpg").write_bytes(png_bytes((i * 60, 0, 0)))
+    zip_of(root / "video" / "tvqa.zip", {f"tvqa/frames_fps3_hq/{MVBENCH_CLIP}/{i + 1:05d}.jpg": png_bytes((i * 20, 0, 0))
+                                         for i in range(12)})
+    write_json(root / "json" / "egocentric_navigation.json", [
+        {"video": "nav_0001.mp4", "question": "Where should you go next?",
+         "candidates": ["Turn left.", "Go straight.", "Turn right.", "Stop."], "answer": "Go straight."},
+    ])
+    zip_of(root / "video" / "vlnqa.zip", {"vlnqa/nav_0001.mp4": clip})
     write_json(root / "json" / "scene_transition.json", [
         {"video": "s1.mp4", "question": "How does the scene change?",
          "candidates": ["From kitchen to street.", "From street to kitchen."], "answer": "From street to kitchen."},
         {"video": "s2.mp4", "question": "How does the scene change?",
          "candidates": ["From A to B.", "From B to A."], "answer": "From C to D."},
+        {"video": "s3.mp4", "question": "How does the scene change?",
+         "candidates": ["From A to B.", "From B to A."], "answer": "From B to A."},
     ])
-    videos.put(root / "video" / "scene_qa" / "video" / "s1.mp4")
-    return root
+    zip_of(root / "video" / "scene_qa.zip", {"scene_qa/video/s1.mp4": clip})
+    return hf_local_dir(root)
 
 
 # --------------------------------------------------------------------------- Video-MME
@@ -244,10 +303,11 @@ VIDEO_MME_SCHEMA = pa.schema([(k, pa.string()) for k in (
     + [("options", pa.list_(pa.string())), ("answer", pa.string())])
 
 
-def build_video_mme(root: Path, archive: bool = False) -> Path:
-    """4 questions on 2 videos (2 short on vidA, 1 medium on vidB, 1 with options out of letter order).
-    With `archive`, videos sit in `videos_chunked_01.zip` (members `data/<id>.mp4`) as on the Hub."""
-    videos = _Videos(root)
+def build_video_mme(root: Path) -> Path:
+    """5 questions on 3 videos (2 short on vidA, 2 medium on vidB, 1 long on vidC), one with options out of
+    letter order. Videos in `videos_chunked_01.zip` (data/vidA.mp4) and `videos_chunked_02.zip` (data/vidB.mkv),
+    as on the Hub, plus `subtitle.zip`; vidC is in no archive."""
+    clip = _Videos(root).template
     base = dict(domain="Knowledge", sub_category="Humanity & History", url="https://www.youtube.com/watch?v=x")
     rows = [
         dict(base, video_id="001", duration="short", videoID="vidA", question_id="001-1",
@@ -256,22 +316,21 @@ def build_video_mme(root: Path, archive: bool = False) -> Path:
         dict(base, video_id="001", duration="short", videoID="vidA", question_id="001-2",
              task_type="Action Recognition", question="What is the man doing?",
              options=["A. Running.", "B. Cooking.", "C. Reading.", "D. Singing."], answer="A"),
-        dict(base, video_id="301", duration="medium", videoID="vidB", question_id="301-1",
-             task_type="Object Recognition", question="What is on the table?",
+        dict(base, video_id="301", duration="medium", videoID="vidB", question_id="301-1", domain="Sports",
+             sub_category="Football", task_type="Object Recognition", question="What is on the table?",
              options=["A. A cup.", "B. A lamp.", "C. A cat.", "D. A plant."], answer="D"),
         dict(base, video_id="301", duration="medium", videoID="vidB", question_id="301-2",
              task_type="OCR Problems", question="What does the sign say?",
              options=["B. Stop.", "A. Go.", "C. Wait.", "D. Exit."], answer="A"),
+        dict(base, video_id="601", duration="long", videoID="vidC", question_id="601-1",
+             task_type="Temporal Reasoning", question="What happens last?",
+             options=["A. Rain.", "B. Snow.", "C. Sun.", "D. Fog."], answer="B"),
     ]
     write_parquet(root / "videomme" / "test-00000-of-00001.parquet", rows, VIDEO_MME_SCHEMA)
-    if archive:
-        with zipfile.ZipFile(root / "videos_chunked_01.zip", "w") as zf:
-            for vid in ("vidA", "vidB"):
-                zf.write(videos.template, f"data/{vid}.mp4")
-    else:
-        for vid in ("vidA", "vidB"):
-            videos.put(root / "data" / f"{vid}.mp4")
-    return root
+    zip_of(root / "videos_chunked_01.zip", {"data/vidA.mp4": clip})
+    zip_of(root / "videos_chunked_02.zip", {"data/vidB.mkv": clip})
+    zip_of(root / "subtitle.zip", {"subtitle/vidA.srt": b"1\n00:00:00,000 --> 00:00:01,000\nHello\n"})
+    return hf_local_dir(root)
 
 
 # --------------------------------------------------------------------------- POPE
@@ -295,7 +354,7 @@ def build_pope(root: Path) -> Path:
     ]
     write_parquet(root / "data" / "test-00000-of-00001.parquet", rows, POPE_SCHEMA)
     write_parquet(root / "Full" / "adversarial-00000-of-00001.parquet", rows[:2], POPE_SCHEMA)
-    return root
+    return hf_local_dir(root)
 
 
 # --------------------------------------------------------------------------- ScienceQA
@@ -314,20 +373,29 @@ def _sqa(image, question, choices, answer, hint, subject):
             "skill": "s", "lecture": "", "solution": ""}
 
 
-def build_scienceqa(root: Path, layout: str = "derek-thomas") -> Path:
-    """test: 3 rows (image + hint, text-only without hint, answer missing); validation: 1 row.
-    layout "lmms-lab" writes ScienceQA-IMG/{test,validation}-* instead of data/."""
-    folder = root / ("data" if layout == "derek-thomas" else "ScienceQA-IMG")
-    write_parquet(folder / "test-00000-of-00001-abc.parquet", [
+def build_scienceqa(root: Path, layout: str = "lmms-lab") -> Path:
+    """lmms-lab (the default Hub id): ScienceQA-IMG/test 3 rows (image + hint, image, answer missing),
+    ScienceQA-IMG/validation 1 row; ScienceQA-FULL/test = the IMG test rows + 1 text-only question.
+    layout "derek-thomas" writes the FULL rows as data/{test,validation}-* instead (IMG = rows with an image)."""
+    img_test = [
         _sqa(img(), "Which animal is a mammal?", ["frog", "whale", "trout"], 1,
              "The picture shows three animals.", "natural science"),
-        _sqa(None, "Which word is a noun?", ["run", "table"], 1, "", "language science"),
-        _sqa(None, "Which is heavier?", ["a", "b"], None, "", "natural science"),
-    ], SCIENCEQA_SCHEMA)
-    write_parquet(folder / "validation-00000-of-00001-def.parquet", [
-        _sqa(None, "Which is a state?", ["Ohio", "Paris"], 0, "", "social science"),
-    ], SCIENCEQA_SCHEMA)
-    return root
+        _sqa(img((0, 90, 0)), "Which is a plant?", ["fern", "cat"], 0, "", "natural science"),
+        _sqa(img(), "Which is heavier?", ["a", "b"], None, "", "natural science"),
+    ]
+    text_only = _sqa(None, "Which word is a noun?", ["run", "table"], 1, "", "language science")
+    validation = [_sqa(img(), "Which is a state?", ["Ohio", "Paris"], 0, "", "social science")]
+    if layout == "derek-thomas":
+        write_parquet(root / "data" / "test-00000-of-00001.parquet", img_test[:2] + [text_only] + img_test[2:],
+                      SCIENCEQA_SCHEMA)
+        write_parquet(root / "data" / "validation-00000-of-00001.parquet", validation, SCIENCEQA_SCHEMA)
+        return hf_local_dir(root)
+    write_parquet(root / "ScienceQA-IMG" / "test-00000-of-00001.parquet", img_test, SCIENCEQA_SCHEMA)
+    write_parquet(root / "ScienceQA-IMG" / "validation-00000-of-00001.parquet", validation, SCIENCEQA_SCHEMA)
+    write_parquet(root / "ScienceQA-FULL" / "test-00000-of-00001.parquet", img_test[:2] + [text_only] + img_test[2:],
+                  SCIENCEQA_SCHEMA)
+    write_parquet(root / "ScienceQA-FULL" / "validation-00000-of-00001.parquet", validation, SCIENCEQA_SCHEMA)
+    return hf_local_dir(root)
 
 
 # --------------------------------------------------------------------------- MLVU
@@ -354,7 +422,55 @@ def build_mlvu(root: Path) -> Path:
     ])
     videos.put(mlvu / "video" / "1_plotQA" / "movie101_66.mp4")
     videos.put(mlvu / "video" / "4_count" / "count_1.mp4")
-    return root
+    return hf_local_dir(root)
+
+
+# --------------------------------------------------------------------------- OpenVid-1M
+
+OPENVID_COLUMNS = ["video", "caption", "aesthetic score", "motion score", "temporal consistency score",
+                   "camera motion", "frame", "fps", "seconds"]
+
+
+def build_openvid(root: Path) -> Path:
+    """data/train/OpenVid-1M.csv (4 rows: a.mp4 in OpenVid_part0.zip, b.mp4 in the SPLIT part 1
+    (`OpenVid_part1_partaa` + `_partab`, a zip cut in two), missing.mp4 in no archive, one empty caption)."""
+    clip = _Videos(root).template
+    table = root / "data" / "train" / "OpenVid-1M.csv"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(OPENVID_COLUMNS)
+        w.writerow(["a.mp4", "A red bar sweeps across a dark frame.", 5.1, 0.4, 0.9, "static", 16, 8, 2.0])
+        w.writerow(["b.mp4", "The same bar, filmed again.", 5.0, 0.4, 0.9, "pan_right", 16, 8, 2.0])
+        w.writerow(["missing.mp4", "A video nobody shipped.", 5.0, 0.4, 0.9, "static", 16, 8, 2.0])
+        w.writerow(["c.mp4", "", 5.0, 0.4, 0.9, "static", 16, 8, 2.0])
+    zip_of(root / "OpenVid_part0.zip", {"a.mp4": clip, "c.mp4": clip})
+    whole = zip_of(root / ".part1.zip", {"b.mp4": clip})
+    data = whole.read_bytes()
+    whole.unlink()
+    half = len(data) // 2
+    (root / "OpenVid_part1_partaa").write_bytes(data[:half])
+    (root / "OpenVid_part1_partab").write_bytes(data[half:])
+    return hf_local_dir(root)
+
+
+# --------------------------------------------------------------------------- WebVid
+
+WEBVID_HEADER = "videoid,contentUrl,duration,page_dir,name\n"
+
+
+def build_webvid(root: Path, base_url: str) -> Path:
+    """TempoFunk/webvid-10M: data/train/partitions/{0000,0001}.csv (3 rows: 2 served, 1 404) and
+    data/val/partitions/0000.csv (1 row); videos at `base_url/videos/<id>.mp4`."""
+    part = root / "data" / "train" / "partitions"
+    part.mkdir(parents=True)
+    (part / "0000.csv").write_text(WEBVID_HEADER + f"101,{base_url}/videos/101.mp4,PT00H00M02S,001,Aerial view\n"
+                                   f"102,{base_url}/videos/102.mp4,PT00H00M02S,001,\"Slow motion, waves\"\n")
+    (part / "0001.csv").write_text(WEBVID_HEADER + f"103,{base_url}/videos/gone.mp4,PT00H00M02S,002,Gone\n")
+    val = root / "data" / "val" / "partitions"
+    val.mkdir(parents=True)
+    (val / "0000.csv").write_text(WEBVID_HEADER + f"901,{base_url}/videos/901.mp4,PT00H00M02S,009,A validation clip\n")
+    return hf_local_dir(root)
 
 
 BUILDERS = {
@@ -367,4 +483,5 @@ BUILDERS = {
     "pope": build_pope,
     "scienceqa": build_scienceqa,
     "mlvu": build_mlvu,
+    "openvid": build_openvid,
 }

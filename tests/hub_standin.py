@@ -1,17 +1,22 @@
-"""Local stand-ins for remote storage, on 127.0.0.1 (no network needed).
+"""Local stand-ins for remote storage on 127.0.0.1: a Hub (`HubStandIn`) and a plain file server with faults
+(`FileServer`).
 
-    with FileServer(root, faults={"shard-000001.tar": ["503"], "shard-000002.tar": ["cut"]}) as srv:
-        url = f"{srv.url}/shard-{{000000..000003}}.tar"          # served from root; faults used once, in order
-        srv.requests["shard-000001.tar"]                          # how often each file was asked for
+`HubStandIn`: a local stand-in of the Hugging Face Hub API, serving folders as dataset repos.
 
-    hub = LocalHub(tmp_path / "hub")                              # a Hub: resolve/ downloads + /api tree listing
+It answers the calls `huggingface_hub.snapshot_download` / `hf_hub_download` make (repo info, the recursive
+tree listing, HEAD/GET of `resolve/<rev>/<path>`), so tests run the real client: its `allow_patterns`
+filtering decides what is fetched, and a pattern list that misses the archives leaves them out (the test
+then fails on the missing videos). `fetched[repo]` lists the files actually downloaded. Tree entries of `.tar`
+files carry `lfs.oid` = sha256, as the Hub gives binary files; `headers` records every request's headers.
+`api_class()` is the real `HfApi` with `create_repo` / `create_commit` storing files in `root/<repo>` (served at
+once): the commit transport (preupload, LFS/Xet) is the client's business, not the code under test's.
+
+    hub = HubStandIn(root=tmp_path / "hub")
     monkeypatch.setenv("HF_ENDPOINT", hub.url); monkeypatch.setattr(huggingface_hub, "HfApi", hub.api_class())
 
-The Hub stand-in serves the read side over HTTP the way the Hub does (`/datasets/{repo}/resolve/{rev}/{path}`,
-`/api/datasets/{repo}/tree/{rev}/{path}?recursive=...` with `oid`, `size` and `lfs.oid` = sha256), so the real
-huggingface_hub client (list_repo_tree, list_repo_files) and curl read it. The write side (create_repo,
-create_commit) is the real `HfApi` class with those two methods storing files in the stand-in's folder:
-the commit protocol (preupload, LFS/Xet transfers) is the client's business, not the code under test's.
+`FileServer(root, faults={"shard-000001.tar": ["503"], "shard-000002.tar": ["cut"]})` serves the files under
+`root`; each listed fault is used once, in order ("503", "cut" = half the body then the connection closes,
+"503-always", "404-always"); `requests[name]` counts what was asked for.
 """
 
 from __future__ import annotations
@@ -21,18 +26,154 @@ import json
 import shutil
 import socket
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Optional
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import unquote, urlparse
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-class _Server:
-    """A threaded HTTP server whose GET/HEAD answers come from `self.route(path) -> (status, bytes, headers)`."""
+class HubStandIn:
+    def __init__(self, root: Optional[Path] = None):
+        self.repos: dict[str, Path] = {}
+        self.fetched: dict[str, list[str]] = defaultdict(list)
+        self.headers: list[dict] = []
+        self.root = Path(root) if root is not None else None   # where create_repo puts new repos
+        self.commits: list[dict] = []
+        self.fail_commit: Optional[Callable[[int], bool]] = None   # commit number -> refuse it?
+        hub = self
 
-    def __init__(self):
-        server = self
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _json(self, obj, status=200):
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _files(self, repo: str) -> list[str]:
+                root = hub.repos[repo]
+                return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+            def _route(self, head: bool):
+                hub.headers.append(dict(self.headers))
+                path = unquote(urlparse(self.path).path)
+                parts = path.strip("/").split("/")
+                if parts[:2] == ["api", "datasets"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
+                    repo = "/".join(parts[2:4])
+                    if repo not in hub.repos:
+                        return self._json({"error": "Repository not found"}, 404)
+                    files = self._files(repo)
+                    if parts[4] == "revision":
+                        return self._json({"id": repo, "sha": SHA, "siblings": [{"rfilename": f} for f in files]})
+                    root = hub.repos[repo]
+                    return self._json([_tree_entry(root, f) for f in files])
+                if parts[0] == "datasets" and len(parts) >= 6 and parts[3] == "resolve":
+                    repo, rel = "/".join(parts[1:3]), "/".join(parts[5:])
+                    file = hub.repos.get(repo, Path("/nonexistent")) / rel
+                    if repo not in hub.repos or not file.is_file():
+                        self.send_response(404)
+                        self.send_header("X-Error-Code", "EntryNotFound")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    body = file.read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("ETag", f'"{hashlib.sha1(body).hexdigest()}"')
+                    self.send_header("X-Repo-Commit", SHA)
+                    self.end_headers()
+                    if not head:
+                        hub.fetched[repo].append(rel)
+                        self.wfile.write(body)
+                    return
+                self._json({"error": f"not served: {path}"}, 404)
+
+            def do_GET(self):
+                self._route(head=False)
+
+            def do_HEAD(self):
+                self._route(head=True)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, repo_id: str, folder: Path) -> None:
+        self.repos[repo_id] = Path(folder)
+
+    def repo(self, repo_id: str) -> Path:
+        return self.repos[repo_id]
+
+    def api_class(self):
+        """The real HfApi with create_repo / create_commit writing into this stand-in."""
+        from huggingface_hub import HfApi
+        from huggingface_hub.hf_api import CommitInfo, RepoUrl
+
+        hub = self
+
+        class StandInHfApi(HfApi):
+            def create_repo(self, repo_id, *, token=None, private=None, repo_type=None, exist_ok=False, **kw):
+                assert repo_type == "dataset", repo_type
+                if repo_id in hub.repos and not exist_ok:
+                    raise FileExistsError(repo_id)
+                if repo_id not in hub.repos:
+                    hub.add(repo_id, hub.root / repo_id)
+                    hub.repos[repo_id].mkdir(parents=True, exist_ok=True)
+                return RepoUrl(f"{hub.url}/datasets/{repo_id}", endpoint=hub.url)
+
+            def create_commit(self, repo_id, operations, *, commit_message, repo_type=None, **kw):
+                assert repo_type == "dataset", repo_type
+                n = len(hub.commits)
+                if hub.fail_commit is not None and hub.fail_commit(n):
+                    raise ConnectionError(f"stand-in: commit {n} refused")
+                for op in operations:
+                    dest = hub.repos[repo_id] / op.path_in_repo
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(op.path_or_fileobj, dest)
+                hub.commits.append({"message": commit_message, "files": [op.path_in_repo for op in operations]})
+                oid = hashlib.sha1(json.dumps(hub.commits[-1]).encode()).hexdigest()
+                return CommitInfo(commit_url=f"{hub.url}/datasets/{repo_id}/commit/{oid}",
+                                  commit_message=commit_message, commit_description="", oid=oid, _endpoint=hub.url)
+
+        return StandInHfApi
+
+    def snapshot_download(self, **kwargs) -> str:
+        """The real `huggingface_hub.snapshot_download`, pointed at this stand-in."""
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(endpoint=self.url, **kwargs)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _tree_entry(root: Path, f: str) -> dict:
+    data = (root / f).read_bytes()
+    entry = {"type": "file", "path": f, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+    if f.endswith(".tar"):  # binary files are LFS on the Hub: their sha256 is lfs.oid
+        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 130}
+    return entry
+
+
+class FileServer:
+    """Serves the files under `root` over HTTP with injected faults (see the module docstring)."""
+
+    def __init__(self, root: str | Path, faults: Optional[dict[str, list[str]]] = None):
+        self.root, self.faults = Path(root), {k: list(v) for k, v in (faults or {}).items()}
+        self.requests: Counter = Counter()
+        lock, server = threading.Lock(), self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -41,17 +182,29 @@ class _Server:
                 pass
 
             def _answer(self, head: bool):
-                server.headers.append(dict(self.headers))
-                status, body, headers, fault = server.route(self.path)
+                name = unquote(urlparse(self.path).path).lstrip("/")
+                with lock:
+                    server.requests[name] += 1
+                    queue = server.faults.get(name, [])
+                    fault = queue[0] if queue else None
+                    if fault and not fault.endswith("-always"):
+                        queue.pop(0)
+                file = server.root / name
+                status, body = 200, b""
+                if fault in ("503", "503-always"):
+                    status, body = 503, b"busy"
+                elif fault == "404-always" or not file.is_file():
+                    status, body = 404, b"not found"
+                else:
+                    body = file.read_bytes()
                 self.send_response(status)
-                for k, v in {"Content-Length": str(len(body)), **headers}.items():
-                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
                 if fault == "cut":
                     self.send_header("Connection", "close")
                 self.end_headers()
                 if head:
                     return
-                if fault == "cut":  # half the body, then the connection goes away
+                if fault == "cut" and status == 200:  # half the body, then the connection goes away
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -65,14 +218,10 @@ class _Server:
             def do_HEAD(self):
                 self._answer(True)
 
-        self.headers: list[dict] = []
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def route(self, path: str):  # pragma: no cover - overridden
-        raise NotImplementedError
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -83,110 +232,3 @@ class _Server:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class FileServer(_Server):
-    """Serves the files under `root`; `faults` {name: ["503" | "cut" | "404-always" | "503-always", ...]}."""
-
-    def __init__(self, root: str | Path, faults: Optional[dict[str, list[str]]] = None):
-        self.root, self.faults = Path(root), {k: list(v) for k, v in (faults or {}).items()}
-        self.requests: Counter = Counter()
-        self._lock = threading.Lock()
-        super().__init__()
-
-    def route(self, path: str):
-        name = unquote(urlparse(path).path).lstrip("/")
-        with self._lock:
-            self.requests[name] += 1
-            queue = self.faults.get(name, [])
-            fault = queue[0] if queue else None
-            if fault and not fault.endswith("-always"):
-                queue.pop(0)
-        if fault in ("503", "503-always"):
-            return 503, b"busy", {}, None
-        file = self.root / name
-        if fault == "404-always" or not file.is_file():
-            return 404, b"not found", {}, None
-        return 200, file.read_bytes(), {"Content-Type": "application/octet-stream"}, fault
-
-
-def _git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-class LocalHub(_Server):
-    """A Hub stand-in storing dataset repos under `root/datasets/OWNER/NAME/`."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.commits: list[dict] = []
-        self.fail_commit: Optional[Callable[[int], bool]] = None   # commit number -> raise?
-        super().__init__()
-
-    def repo(self, repo_id: str) -> Path:
-        return self.root / "datasets" / repo_id
-
-    def route(self, path: str):
-        u = urlparse(path)
-        parts = [unquote(p) for p in u.path.split("/") if p]
-        if len(parts) >= 5 and parts[0] == "datasets" and parts[3] == "resolve":
-            file = self.repo(f"{parts[1]}/{parts[2]}") / "/".join(parts[5:])
-            if not file.is_file():
-                return 404, b"Entry not found", {"X-Error-Code": "EntryNotFound"}, None
-            return 200, file.read_bytes(), {"Content-Type": "application/octet-stream"}, None
-        if len(parts) >= 6 and parts[:2] == ["api", "datasets"] and parts[4] == "tree":
-            repo = self.repo(f"{parts[2]}/{parts[3]}")
-            if not repo.is_dir():
-                return 404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}, None
-            sub = "/".join(unquote(p) for p in parts[6:])
-            base = repo / sub if sub else repo
-            if not base.exists():
-                return 404, b'{"error": "Entry not found"}', {"X-Error-Code": "EntryNotFound"}, None
-            recursive = parse_qs(u.query).get("recursive", ["False"])[0].lower() == "true"
-            items = sorted(base.rglob("*") if recursive else base.iterdir())
-            out = []
-            for p in items:
-                rel = p.relative_to(repo).as_posix()
-                if p.is_dir():
-                    out.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": rel})
-                    continue
-                data = p.read_bytes()
-                entry = {"type": "file", "oid": _git_blob_id(data), "size": len(data), "path": rel}
-                if p.suffix == ".tar":  # binary files are LFS on the Hub: their sha256 is lfs.oid
-                    entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 130}
-                out.append(entry)
-            return 200, json.dumps(out).encode(), {"Content-Type": "application/json"}, None
-        return 404, b"not found", {}, None
-
-    def api_class(self):
-        """The real HfApi with create_repo / create_commit writing into this stand-in."""
-        from huggingface_hub import HfApi
-        from huggingface_hub.hf_api import CommitInfo, RepoUrl
-
-        hub = self
-
-        class StandInHfApi(HfApi):
-            def create_repo(self, repo_id, *, token=None, private=None, repo_type=None, exist_ok=False, **kw):
-                assert repo_type == "dataset", repo_type
-                path = hub.repo(repo_id)
-                if path.exists() and not exist_ok:
-                    raise FileExistsError(repo_id)
-                path.mkdir(parents=True, exist_ok=True)
-                return RepoUrl(f"{hub.url}/datasets/{repo_id}", endpoint=hub.url)
-
-            def create_commit(self, repo_id, operations, *, commit_message, repo_type=None, **kw):
-                assert repo_type == "dataset", repo_type
-                n = len(hub.commits)
-                if hub.fail_commit is not None and hub.fail_commit(n):
-                    raise ConnectionError(f"stand-in: commit {n} refused")
-                for op in operations:
-                    dest = hub.repo(repo_id) / op.path_in_repo
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(op.path_or_fileobj, dest)
-                hub.commits.append({"message": commit_message, "files": [op.path_in_repo for op in operations]})
-                oid = hashlib.sha1(json.dumps(hub.commits[-1]).encode()).hexdigest()
-                return CommitInfo(commit_url=f"{hub.url}/datasets/{repo_id}/commit/{oid}", commit_message=commit_message,
-                                  commit_description="", oid=oid, _endpoint=hub.url)
-
-        return StandInHfApi

@@ -51,15 +51,16 @@ def test_accuracy_summary():
     assert s["accuracy"] == 0.5 and s["correct"] == 3 and s["total"] == 6
     assert s["se"] == pytest.approx(math.sqrt(1 / 48))  # same data as the hand-computed case
     assert s["per_category"] == {
-        "count": {"accuracy": 2 / 3, "correct": 2, "total": 3},
-        "order": {"accuracy": 1 / 3, "correct": 1, "total": 3},
+        "count": {"accuracy": 2 / 3, "correct": 2, "total": 3, "se": pytest.approx(4 / 9)},  # clusters v1 v1 v3
+        "order": {"accuracy": 1 / 3, "correct": 1, "total": 3, "se": pytest.approx(2 / 9)},  # clusters v1 v2 v2
     }
     assert list(s["per_category"]) == ["count", "order"]
 
 
 def test_accuracy_summary_defaults_and_empty():
     s = accuracy_summary([{"correct": True}, {"correct": False}])
-    assert s["per_category"] == {"uncategorized": {"accuracy": 0.5, "correct": 1, "total": 2}}
+    assert s["per_category"] == {"uncategorized": {"accuracy": 0.5, "correct": 1, "total": 2,
+                                                   "se": pytest.approx(0.5)}}
     assert s["se"] == pytest.approx(math.sqrt(0.25 / 1))  # own clusters: sqrt(p(1-p)/(n-1))
     empty = accuracy_summary([])
     assert empty["accuracy"] is None and empty["total"] == 0 and empty["se"] is None

@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 
 from fvlm_cli.data import media
-from fvlm_cli.data.media import (IMAGE_EXTS, IMAGENET_MEAN, IMAGENET_STD, VIDEO_EXTS, Clip, decode_all_frames_baseline,
-                                 frames_to_tensor, load_image, load_media, load_video, replicate, resize_center_crop,
+from fvlm_cli.data.media import (IMAGE_EXTS, IMAGENET_MEAN, IMAGENET_STD, VIDEO_EXTS, Clip, frames_to_tensor, load_image, load_media, load_video, replicate, resize_center_crop,
                                  sample_timestamps)
 from fvlm_cli.errors import FvlmError, MediaError
 from media_factory import (default_ext, index_frames, read_index, write_audio_only, write_image, write_video)
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+from bench_precompute import decode_all_frames_baseline  # noqa: E402  (benchmark-only reader, checked here)
 
 
 @pytest.fixture(scope="module")

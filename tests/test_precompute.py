@@ -18,10 +18,11 @@ from fvlm_cli.data.precompute import parse_part, run_precompute
 from fvlm_cli.data.sources import SOURCES
 from fvlm_cli.data.sources.base import RawSample, SourceOptions
 from fvlm_cli.errors import DataError
+from fvlm_cli.settings import MediaConfig
 
 BASE_KEYS = {"id", "source", "kind", "frame_count", "timestamps", "messages"}
 N_VIDEOS = 12
-OPTS = dict(image_size=32)
+OPTS = dict(media=MediaConfig(image_size=32))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,8 @@ def test_shards_manifest_and_failures(media_dir, tmp_path):
 
     manifest = shards.read_manifest(out)
     assert manifest["samples"] == N_VIDEOS + 1 and manifest["failures"] == 2 and manifest["complete"]
-    assert manifest["counts"] == {"source": {"videos": N_VIDEOS + 1}, "kind": {"caption": N_VIDEOS + 1}}
+    assert manifest["counts"] == {"source": {"videos": N_VIDEOS + 1}, "kind": {"caption": N_VIDEOS + 1},
+                                  "media": {"image": 1, "video": N_VIDEOS}}
     assert manifest["frames_histogram"] == {"1": 1, "3": N_VIDEOS}
     assert manifest["options"]["image_size"] == 32 and manifest["options"]["shard_size"] == 4
     assert manifest["part"] == "0/1" and manifest["fvlm_version"]
@@ -127,7 +129,7 @@ def test_different_options_are_refused(media_dir, tmp_path):
 def test_limit(media_dir, tmp_path):
     out = tmp_path / "out"
     summary = run_precompute("videos", str(media_dir), out, workers=0, progress=False,
-                             opts=SourceOptions(image_size=32, limit=5))
+                             opts=SourceOptions(media=MediaConfig(image_size=32), limit=5))
     assert summary["samples"] + summary["failures"] == 5
 
 
@@ -169,6 +171,49 @@ def test_cli_max_fail_ratio_exits_2_and_keeps_shards(media_dir, tmp_path):
              "--workers", 2, "--max-fail-ratio", 0.2, "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["shards_resumed"] == 4
+
+
+def test_cli_all_failed_exits_2_with_the_top_reasons_and_a_hint(tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for i in range(3):
+        write_video(bare / f"clip{i}.mp4", seconds=1, fps=10)
+    out = tmp_path / "out"
+    res = cli("precompute", "videos", "--input", bare, "--out", out, "--workers", 0, "--image-size", 16)
+    assert res.returncode == 2, res.stderr
+    line = [l for l in res.stderr.splitlines() if "inputs failed" in l]
+    assert line and "all 3 inputs failed" in line[0] and "3x no caption" in line[0]
+    assert "same-stem .txt" in line[0] and "JSONL" in line[0]  # what to do about it
+    assert [json.loads(r)["input"] for r in (out / "failures.jsonl").read_text().splitlines()] == \
+           [str(bare / f"clip{i}.mp4") for i in range(3)]
+
+
+def test_cli_flags_bind_to_the_config_and_media_lives_in_media_config(tmp_path):
+    res = cli("precompute", "videos", "--input", tmp_path, "--out", tmp_path / "o", "--fps", 2, "--max-frames", 8,
+              "--print-config")
+    import yaml
+
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["media"] == {"fps": 2.0, "max_frames": 8, "image_size": 224, "image_frames": 8}
+    assert "fps" not in cfg and "max_frames" not in cfg  # one place for the media policy
+    file = tmp_path / "c.yaml"
+    file.write_text("media: {image_size: 64}\nshard_size: 7\n")
+    cfg = yaml.safe_load(cli("precompute", "videos", "-c", file, "--shard-size", 9, "--set", "prompt=Hi",
+                             "--print-config").stdout)
+    assert cfg["media"]["image_size"] == 64 and cfg["shard_size"] == 9 and cfg["extra"] == {"prompt": "Hi"}
+
+
+def test_a_failed_decode_names_the_url_not_the_temporary_download(tmp_path, http_server):
+    http_server.files["/junk.mp4"] = b"this is not a video at all" * 20
+    (tmp_path / "m.csv").write_text("videoid,contentUrl,duration,page_dir,name\n"
+                                    f"j,{http_server.url}/junk.mp4,PT2S,p,junk\n")
+    with pytest.raises(DataError, match="all 1 inputs failed"):
+        run_precompute("webvid", str(tmp_path / "m.csv"), tmp_path / "out", workers=0, progress=False,
+                       opts=SourceOptions(**OPTS))
+    row = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert row["input"] == f"{http_server.url}/junk.mp4"
+    assert row["reason"].startswith(f"{http_server.url}/junk.mp4: ") and "downloads" not in row["reason"]
 
 
 @pytest.mark.parametrize("args,message", [

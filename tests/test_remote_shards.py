@@ -13,7 +13,7 @@ from fvlm_cli.data.loader import build_eval_loader, build_train_loader
 from fvlm_cli.data.shards import iter_shard_samples, resolve_shards
 from fvlm_cli.errors import DataError
 from fvlm_cli.model.tokenizer import load_tokenizer
-from hub_standin import FileServer, LocalHub
+from hub_standin import FileServer, HubStandIn
 from shard_factory import loader_config, make_samples, write_shards
 
 S = 8
@@ -174,7 +174,7 @@ def test_remote_folder_needs_a_manifest(shard_set, tmp_path):
 def hub(tmp_path, monkeypatch):
     import huggingface_hub
 
-    h = LocalHub(tmp_path / "hub")
+    h = HubStandIn(root=tmp_path / "hub")
     monkeypatch.setenv("HF_ENDPOINT", h.url)
     monkeypatch.setenv("HF_TOKEN", "hf_standin_token")
     monkeypatch.setattr(huggingface_hub, "HfApi", h.api_class())

@@ -11,6 +11,7 @@ from fvlm_cli.data.sources import (
     _hub, cauldron, llava_video, mlvu, mvbench, pope, rlaif_v, scienceqa, smoltalk, video_mme,
 )
 from fvlm_cli.data.sources.base import RawSample, SourceOptions
+from fvlm_cli.settings import MediaConfig
 from fvlm_cli.errors import DataError
 
 sys.path.insert(0, str(Path(__file__).parent))  # the fixture builders live beside this file
@@ -91,34 +92,35 @@ def test_mcq_samples_follow_the_shard_contract(name, roots):
 
 # --------------------------------------------------------------------------- the_cauldron
 
-def test_cauldron_keeps_every_turn_and_records_multi_image_rows(roots):
+def test_cauldron_keeps_every_turn_and_multi_image_rows(roots):
     samples = run("cauldron", roots["cauldron"])
-    assert [s.id for s in samples] == [f"ai2d-{i:07d}" for i in range(4)] + [f"vqav2-{i:07d}" for i in range(3)]
+    assert [s.id for s in samples] == [f"ai2d-{i:07d}" for i in range(4)] + [f"nlvr2-{i:07d}" for i in range(2)] \
+        + [f"vqav2-{i:07d}" for i in range(3)]
     s = by_id(samples)
     assert texts(s["ai2d-0000001"]) == [("user", "Colour?"), ("assistant", "Green."), ("user", "Shape?"),
                                         ("assistant", "Square."), ("user", "Size?"), ("assistant", "Small.")]
     assert s["ai2d-0000000"].media == fx.png_bytes() and s["ai2d-0000000"].media_kind == "image"
-    assert "multi-image" in s["ai2d-0000002"].error
+    multi = s["ai2d-0000002"]  # two images: one sample, its frames the images in order
+    assert multi.error is None and multi.media_kind == "images"
+    assert multi.media == [fx.png_bytes(), fx.png_bytes((0, 0, 200))] and multi.extra["n_images"] == 2
     assert "texts" in s["ai2d-0000003"].error
     assert s["vqav2-0000001"].media is None and texts(s["vqav2-0000001"]) == [("user", "Say hi."),
                                                                               ("assistant", "Hi.")]
     assert s["vqav2-0000002"].media == fx.png_bytes((250, 250, 250))  # second shard read after the first
 
 
-def test_cauldron_split_selects_subsets_and_multi_image_can_keep_the_first(roots):
+def test_cauldron_split_selects_subsets(roots):
     assert {s.extra["subset"] for s in run("cauldron", roots["cauldron"], split="vqav2")} == {"vqav2"}
-    kept = by_id(run("cauldron", roots["cauldron"], split="ai2d", extra={"multi_image": "first"}))
-    assert kept["ai2d-0000002"].error is None and kept["ai2d-0000002"].media == fx.png_bytes()
     with pytest.raises(DataError, match="unknown cauldron subset nope"):
         run("cauldron", roots["cauldron"], split="nope")
 
 
 # --------------------------------------------------------------------------- LLaVA-Video-178K
 
-def test_llava_video_strips_placeholders_and_points_into_the_subset_folder(roots):
+def test_llava_video_strips_placeholders_and_reads_videos_out_of_the_archives(roots, tmp_path):
     root = roots["llava-video"]
-    samples = run("llava-video", root)
-    assert len(samples) == 5 and len(good(samples)) == 4
+    samples = run("llava-video", root, cache_dir=str(tmp_path / "cache"))
+    assert len(samples) == 6 and len(good(samples)) == 4
     sub = fx.LLAVA_SUBSET
     s = by_id(samples)
     cap = s[f"{sub}/{sub}_cap_processed/0"]
@@ -127,12 +129,16 @@ def test_llava_video_strips_placeholders_and_points_into_the_subset_folder(roots
     qa = s[f"{sub}/0_30_s_academic_oe_v0_1_qa_processed/0"]
     assert [r for r, _ in texts(qa)] == ["user", "assistant", "user", "assistant"]
     assert not any("<image>" in m["content"] or "<video>" in m["content"] for x in good(samples) for m in x.messages)
-    assert cap.media == str(root / sub / "academic_source/Charades/AAA.mp4") and cap.media_kind == "video"
-    assert all(Path(x.media).is_file() for x in good(samples))
+    assert cap.label == f"{sub}_videos_1.tar.gz:academic_source/Charades/AAA.mp4" and cap.media_kind == "video"
+    assert Path(cap.media).is_relative_to(tmp_path / "cache") and Path(cap.media).is_file()
     assert cap.extra["orig_id"] == "v_a"
     assert "conversations" in s[f"{sub}/0_30_s_academic_oe_v0_1_qa_processed/1"].error
-    assert {x.extra["subset"] for x in run("llava-video", root, split="1_2_m_youtube_v0_1")} == {"1_2_m_youtube_v0_1"}
-    assert len(run("llava-video", root, extra={"annotations": "cap"})) == 3
+    assert {x.extra["subset"] for x in good(run("llava-video", root, split="1_2_m_youtube_v0_1",
+                                                cache_dir=str(tmp_path / "cache")))} == {"1_2_m_youtube_v0_1"}
+    assert len(run("llava-video", root, extra={"annotations": "cap"}, cache_dir=str(tmp_path / "cache"))) == 4
+    unpacked = fx.build_llava_video(tmp_path / "unpacked", archive=False)  # videos already in the subset folder
+    first = run("llava-video", unpacked, cache_dir=str(tmp_path / "c2"))[0]
+    assert first.media == str(unpacked / sub / "academic_source/Charades/AAA.mp4") and first.label is None
 
 
 # --------------------------------------------------------------------------- smoltalk
@@ -177,28 +183,34 @@ def test_rlaif_v_is_dpo_with_chosen_and_rejected(roots):
 
 # --------------------------------------------------------------------------- MVBench
 
-def test_mvbench_maps_tasks_to_video_folders_and_answers_to_letters(roots):
+def test_mvbench_maps_tasks_to_zip_members_and_answers_to_letters(roots):
     root = roots["mvbench"]
     samples = by_id(run("mvbench", root))
-    assert sorted(samples) == ["action_sequence-0000", "episodic_reasoning-0000", "object_interaction-0000",
-                               "scene_transition-0000", "scene_transition-0001"]
+    assert sorted(samples) == ["action_sequence-0000", "egocentric_navigation-0000", "episodic_reasoning-0000",
+                               "object_interaction-0000", "scene_transition-0000", "scene_transition-0001",
+                               "scene_transition-0002"]
     seq = samples["action_sequence-0000"]
     assert seq.extra["answer"] == "B" and seq.extra["options"][1] == "Sat on the bed."
     assert seq.extra["category"] == "action_sequence" and seq.media_kind == "video"
-    assert seq.media == str(root / "video/star/Charades_v1_480/ZS9XR.mp4")
-    assert seq.extra["bound"] == [1.5, 9.0]  # whole original video: the bound must travel with it
+    assert str(seq.media) == "star.zip:star/Charades_v1_480/ZS9XR.mp4"  # read in place
+    assert seq.extra["window"] == [0.25, 1.75]  # whole original video: sample inside its window
     assert seq.extra["cluster"] == "star/Charades_v1_480/ZS9XR.mp4"
     seg = samples["object_interaction-0000"]
-    assert seg.media == str(root / "video/star/Charades_segment/ZS9XR_seg1.mp4") and "bound" not in seg.extra
+    assert str(seg.media) == "star.zip:star/Charades_segment/ZS9XR_seg1.mp4" and "window" not in seg.extra
     assert seg.extra["answer"] == "C"
     ep = samples["episodic_reasoning-0000"]
-    assert ep.media_kind == "frames" and Path(ep.media).is_dir() and ep.extra["answer"] == "A"
+    assert ep.media_kind == "frames" and ep.media.is_dir and ep.extra["answer"] == "A"
+    assert str(samples["egocentric_navigation-0000"].media) == "vlnqa.zip:vlnqa/nav_0001.mp4"
     assert samples["scene_transition-0000"].extra["answer"] == "B"
     assert "not one of the candidates" in samples["scene_transition-0001"].error
+    missing = samples["scene_transition-0002"]
+    assert missing.label == "scene_qa/video/s3.mp4" and "no video/*.zip" in missing.error
     only = run("mvbench", root, split="scene_transition")
     assert {s.extra["category"] for s in good(only)} == {"scene_transition"}
     with pytest.raises(DataError, match="unknown task"):
         run("mvbench", root, split="nope")
+    assert len(mvbench.TASKS) == 20 and mvbench.TASKS["egocentric_navigation"][0].path == "vlnqa"
+    assert mvbench.allow_patterns(["scene_transition"]) == ["json/*", "video/scene_qa.zip", "video/data0613.zip"]
 
 
 def test_mvbench_task_file_that_is_not_a_list_is_malformed(tmp_path):
@@ -212,13 +224,15 @@ def test_mvbench_task_file_that_is_not_a_list_is_malformed(tmp_path):
 def test_video_mme_strips_letters_keeps_answers_and_filters_duration(roots):
     root = roots["video-mme"]
     samples = run("video-mme", root)
-    assert [s.id for s in samples] == ["001-1", "001-2", "301-1", "301-2"]
+    assert [s.id for s in samples] == ["001-1", "001-2", "301-1", "301-2", "601-1"]
     s = samples[0]
     assert s.extra["options"] == ["One.", "Two.", "Three.", "Four."] and s.extra["answer"] == "C"
     assert s.extra["category"] == "Counting Problem" and s.extra["cluster"] == "vidA"
-    assert s.extra["duration"] == "short" and s.media == str(root / "data/vidA.mp4") and s.media_kind == "video"
+    assert s.extra["duration"] == "short" and str(s.media) == "videos_chunked_01.zip:data/vidA.mp4"
+    assert str(samples[2].media) == "videos_chunked_02.zip:data/vidB.mkv"  # some videos are .mkv
     assert samples[2].extra["options"][3] == "A plant." and samples[2].extra["answer"] == "D"
     assert "not lettered A" in samples[3].error
+    assert samples[4].label == "data/vidC.mp4" and "vidC" in samples[4].error
     assert [s.id for s in run("video-mme", root, split="medium")] == ["301-1", "301-2"]
     with pytest.raises(DataError, match="durations"):
         run("video-mme", root, split="huge")
@@ -250,26 +264,30 @@ def test_pope_file_that_is_not_parquet_is_malformed(tmp_path):
 
 def test_scienceqa_adds_the_hint_and_allows_text_only_questions(roots):
     root = roots["scienceqa"]
-    samples = run("scienceqa", root)
-    assert [s.id for s in samples] == ["test-00000", "test-00001", "test-00002"]
-    img_q, text_q = samples[0], samples[1]
+    samples = run("scienceqa", root)  # default: ScienceQA-IMG test
+    assert [s.id for s in samples] == ["ScienceQA-IMG-test-00000", "ScienceQA-IMG-test-00001",
+                                       "ScienceQA-IMG-test-00002"]
+    img_q = samples[0]
     assert img_q.extra["question"] == "Context: The picture shows three animals.\nWhich animal is a mammal?"
     assert img_q.extra["answer"] == "B" and img_q.extra["options"] == ["frog", "whale", "trout"]
-    assert img_q.extra["category"] == "natural science" and img_q.extra["cluster"] == "test-00000"
+    assert img_q.extra["category"] == "natural science" and img_q.extra["cluster"] == "ScienceQA-IMG-test-00000"
     assert img_q.media == fx.png_bytes() and img_q.media_kind == "image"
-    assert text_q.media is None and text_q.media_kind is None and text_q.extra["question"] == "Which word is a noun?"
     assert "option index" in samples[2].error
-    assert [s.id for s in run("scienceqa", root, split="validation")] == ["validation-00000"]
+    full = run("scienceqa", root, split="ScienceQA-FULL:test")
+    text_q = full[2]
+    assert text_q.media is None and text_q.media_kind is None and text_q.extra["question"] == "Which word is a noun?"
+    assert [s.id for s in run("scienceqa", root, split="validation")] == ["ScienceQA-IMG-validation-00000"]
 
 
-def test_scienceqa_reads_the_lmms_lab_layout(tmp_path):
-    fx.build_scienceqa(tmp_path, layout="lmms-lab")
-    samples = run("scienceqa", tmp_path)
+def test_scienceqa_reads_the_derek_thomas_layout(tmp_path):
+    fx.build_scienceqa(tmp_path, layout="derek-thomas")
+    samples = run("scienceqa", tmp_path)  # data/ is FULL: the IMG default keeps the rows with an image
     assert [s.id for s in samples] == ["ScienceQA-IMG-test-00000", "ScienceQA-IMG-test-00001",
                                        "ScienceQA-IMG-test-00002"]
     assert samples[0].extra["answer"] == "B"
-    assert [s.id for s in run("scienceqa", tmp_path, split="ScienceQA-IMG:validation")] == \
-           ["ScienceQA-IMG-validation-00000"]
+    assert len(run("scienceqa", tmp_path, split="FULL:test")) == 4
+    with pytest.raises(DataError, match="unknown config"):
+        run("scienceqa", tmp_path, split="PARTIAL:test")
 
 
 # --------------------------------------------------------------------------- MLVU
@@ -291,51 +309,6 @@ def test_mlvu_reads_the_multiple_choice_tasks_only(roots):
 
 # --------------------------------------------------------------------------- Hub ids
 
-class FakeHub:
-    """Stands in for snapshot_download: builds the fixture in local_dir, as the Hub layout, and records the call."""
-
-    def __init__(self, build):
-        self.build, self.calls = build, []
-
-    def __call__(self, **kwargs):
-        self.calls.append(kwargs)
-        root = Path(kwargs["local_dir"])
-        if not root.exists():
-            root.mkdir(parents=True)
-            self.build(root)
-        return str(root)
-
-
-def test_hub_id_downloads_into_cache_dir_and_extracts_zipped_videos_once(tmp_path, monkeypatch):
-    hub = FakeHub(lambda root: fx.build_video_mme(root, archive=True))
-    monkeypatch.setattr(_hub, "_snapshot_download", hub)
-    samples = run("video-mme", "lmms-lab/Video-MME", cache_dir=str(tmp_path / "cache"))
-    call = hub.calls[0]
-    assert call["repo_id"] == "lmms-lab/Video-MME" and call["repo_type"] == "dataset"
-    assert Path(call["local_dir"]).is_relative_to(tmp_path / "cache")
-    assert "videomme/*.parquet" in call["allow_patterns"]
-    assert len(good(samples)) == 3 and all(Path(s.media).is_file() for s in good(samples))
-    zipped = next(Path(call["local_dir"]).glob("videos_chunked_01.zip"))
-    assert _hub.extract_archives(zipped.parent, (".zip",)) == []  # marker: not extracted twice
-
-
-def test_no_input_means_the_canonical_repo(tmp_path, monkeypatch):
-    hub = FakeHub(fx.build_mvbench)
-    monkeypatch.setattr(_hub, "_snapshot_download", hub)
-    assert len(run("mvbench", None, cache_dir=str(tmp_path))) == 5
-    assert hub.calls[0]["repo_id"] == "OpenGVLab/MVBench"
-
-
-def test_llava_video_from_the_hub_fetches_and_untars_only_the_named_subset(tmp_path, monkeypatch):
-    hub = FakeHub(lambda root: fx.build_llava_video(root, archive=True))
-    monkeypatch.setattr(_hub, "_snapshot_download", hub)
-    with pytest.raises(DataError, match="needs a split"):
-        run("llava-video", "lmms-lab/LLaVA-Video-178K", cache_dir=str(tmp_path))
-    samples = run("llava-video", "lmms-lab/LLaVA-Video-178K", cache_dir=str(tmp_path), split=fx.LLAVA_SUBSET)
-    assert all(p.startswith(f"{fx.LLAVA_SUBSET}/") for p in hub.calls[0]["allow_patterns"])
-    assert len(good(samples)) == 3 and all(Path(s.media).is_file() for s in good(samples))
-
-
 def test_a_failed_download_is_one_data_error_line(tmp_path, monkeypatch):
     def offline(**kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection.")
@@ -353,16 +326,6 @@ def test_option_letters_must_run_in_order():
         _hub.strip_option_letters(["A. x", "C. y"])
 
 
-def test_an_archive_member_escaping_its_folder_is_refused(tmp_path):
-    import zipfile
-
-    with zipfile.ZipFile(tmp_path / "videos_chunked_01.zip", "w") as zf:
-        zf.writestr("../evil.mp4", b"x")
-    with pytest.raises(DataError, match="escapes"):
-        _hub.extract_archives(tmp_path, (".zip",))
-    assert not (tmp_path.parent / "evil.mp4").exists()
-
-
 @pytest.mark.parametrize("name, builder", [("scienceqa", "build_scienceqa"), ("mvbench", "build_mvbench")])
 def test_precompute_keeps_text_only_mcq_and_frame_folders(tmp_path, name, builder):
     """Image-less ScienceQA questions stay (text-only MCQ) and MVBench TVQA frame folders decode."""
@@ -373,13 +336,15 @@ def test_precompute_keeps_text_only_mcq_and_frame_folders(tmp_path, name, builde
 
     root = getattr(fx, builder)(tmp_path / "in")
     out = tmp_path / "out"
-    summary = run_precompute(name, str(root), out, workers=0, opts=SourceOptions(image_size=32), progress=False)
+    split = "FULL:test" if name == "scienceqa" else None  # FULL holds the text-only questions
+    summary = run_precompute(name, str(root), out, workers=0, progress=False,
+                             opts=SourceOptions(media=MediaConfig(image_size=32), split=split))
     records = [s["json"] for s in iter_shard_samples(out, decode="bytes")]
     failures = (out / "failures.jsonl").read_text().splitlines() if (out / "failures.jsonl").exists() else []
     reasons = " ".join(failures)
     assert "needs a video or image" not in reasons and "frames" not in reasons, reasons
     assert records and all(r["kind"] == "mcq" for r in records)
     if name == "scienceqa":
-        assert any(r["frame_count"] == 0 for r in records)
+        assert sorted(r["frame_count"] for r in records) == [0, 1, 1]
     else:
         assert all(r["frame_count"] > 0 for r in records)

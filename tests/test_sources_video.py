@@ -14,6 +14,7 @@ from fvlm_cli.data.download import FetchOptions, fetch
 from fvlm_cli.data.precompute import run_precompute
 from fvlm_cli.data.sources import SOURCES, get_source, openvid, videos, webvid
 from fvlm_cli.data.sources.base import SourceOptions
+from fvlm_cli.settings import MediaConfig
 from fvlm_cli.errors import DataError
 
 SPEC_SOURCES = ["webvid", "openvid", "videos", "cauldron", "llava-video", "smoltalk", "rlaif-v", "mvbench",
@@ -94,7 +95,7 @@ def test_webvid_over_http(http_server, tmp_path, clip):
     http_server.delay["/videos/slow.mp4"] = 1.5
     http_server.files["/videos/huge.mp4"] = clip + b"\0" * 300_000
     u = http_server.url
-    (tmp_path / "results_2M_val.csv").write_text(
+    (tmp_path / "results_2M_train.csv").write_text(
         "videoid,contentUrl,duration,page_dir,name\n"
         f"1,{u}/videos/1.mp4,PT00H00M02S,001,Aerial view of a red square\n"
         f"404,{u}/videos/missing.mp4,PT00H00M02S,001,gone\n"
@@ -105,7 +106,7 @@ def test_webvid_over_http(http_server, tmp_path, clip):
         f'2,{u}/videos/2.mp4,PT00H00M02S,002,"Slow motion, a square moves"\n')
     out = tmp_path / "out"
     summary = run_precompute("webvid", str(tmp_path), out, workers=0, progress=False, fetch_options=FAST,
-                             opts=SourceOptions(image_size=32))
+                             opts=SourceOptions(media=MediaConfig(image_size=32)))
     assert summary["samples"] == 2 and summary["failures"] == 5
 
     got = records(out)
@@ -132,7 +133,7 @@ def test_retry_failed_redoes_only_shards_with_failures(http_server, tmp_path, cl
     (tmp_path / "m.csv").write_text("videoid,contentUrl,duration,page_dir,name\n"
                                     f"a,{u}/a.mp4,PT2S,p,first\nb,{u}/b.mp4,PT2S,p,second\n"
                                     f"c,{u}/a.mp4,PT2S,p,third\n")
-    kw = dict(workers=0, progress=False, fetch_options=FAST, shard_size=2, opts=SourceOptions(image_size=32))
+    kw = dict(workers=0, progress=False, fetch_options=FAST, shard_size=2, opts=SourceOptions(media=MediaConfig(image_size=32)))
     out = tmp_path / "out"
     assert run_precompute("webvid", str(tmp_path / "m.csv"), out, **kw)["failures"] == 1
     http_server.files["/b.mp4"] = clip  # the server is back
@@ -146,8 +147,10 @@ def test_webvid_layout_errors_and_local_videos(tmp_path, clip):
     (tmp_path / "a.csv").write_text("video,caption\nx.mp4,hello\n")
     with pytest.raises(DataError, match="not a WebVid metadata CSV"):
         webvid.iter_samples(str(tmp_path / "a.csv"), SourceOptions())
-    with pytest.raises(DataError, match="no metadata CSV for split 'train'"):
-        webvid.iter_samples(str(tmp_path), SourceOptions(split="train"))
+    with pytest.raises(DataError, match="no metadata CSV for split 'val'"):  # nothing here is marked val
+        webvid.iter_samples(str(tmp_path), SourceOptions(split="val"))
+    with pytest.raises(DataError, match="--split is train or val"):
+        webvid.iter_samples(str(tmp_path), SourceOptions(split="test"))
     # data/{train,val}/partitions/NNNN.csv (the Hub layout), with some videos already on disk
     for split in ("train", "val"):
         part = tmp_path / "hub" / "data" / split / "partitions"
@@ -159,8 +162,8 @@ def test_webvid_layout_errors_and_local_videos(tmp_path, clip):
     samples = list(webvid.iter_samples(str(tmp_path / "hub"), SourceOptions(
         split="val", extra={"videos_dir": str(tmp_path / "local")})))
     assert [(s.id, s.media) for s in samples] == [("val1", str(tmp_path / "local" / "pd" / "val1.mp4"))]
-    both = list(webvid.iter_samples(str(tmp_path / "hub"), SourceOptions()))
-    assert [s.id for s in both] == ["train1", "val1"] and both[0].media == "https://x.test/train1.mp4"
+    train = list(webvid.iter_samples(str(tmp_path / "hub"), SourceOptions()))  # never val rows by default
+    assert [s.id for s in train] == ["train1"] and train[0].media == "https://x.test/train1.mp4"
 
 
 # ---------------------------------------------------------------- openvid
@@ -183,14 +186,14 @@ def test_openvid_layout(tmp_path, video_dir):
     make_openvid(tmp_path, video_dir)
     out = tmp_path / "out"
     summary = run_precompute("openvid", str(tmp_path), out, workers=0, progress=False,
-                             opts=SourceOptions(image_size=32))
+                             opts=SourceOptions(media=MediaConfig(image_size=32)))
     assert summary["samples"] == 2
     got = records(out)
     assert list(got) == ["c---a_0", "c---b_1"]
     assert got["c---a_0"]["json"]["messages"][1]["content"] == "A square glides, slowly, across."
     assert got["c---a_0"]["json"]["frame_count"] == 2
     reasons = failures(out)
-    assert reasons == {"missing": "video file not found: missing.mp4",
+    assert reasons == {"missing": "video missing.mp4 is in no OpenVid_part*.zip and no videos folder",
                        "c---c_2": "OpenVid-1M.csv row 4: empty caption"}
 
 
@@ -254,7 +257,7 @@ def test_videos_jsonl(tmp_path):
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     summary = run_precompute("videos", str(tmp_path / "data.jsonl"), out, workers=0, progress=False,
-                             opts=SourceOptions(image_size=32))
+                             opts=SourceOptions(media=MediaConfig(image_size=32)))
     assert summary["samples"] == 4 and summary["failures"] == 3
     got = records(out)
     assert list(got) == ["data-0", "conv", "data-2", "data-4"]
@@ -280,7 +283,7 @@ def test_synthetic_end_to_end(tmp_path):
     extra = {"n_videos": 3, "n_text": 4, "seconds": 3, "fps": 4, "size": 32}
     out = tmp_path / "synth"
     summary = run_precompute("synthetic", None, out, workers=0, progress=False, shard_size=8,
-                             opts=SourceOptions(image_size=32, extra=dict(extra)))
+                             opts=SourceOptions(media=MediaConfig(image_size=32), extra=dict(extra)))
     assert summary["failures"] == 0
     manifest = shards.read_manifest(out)
     assert set(manifest["counts"]["kind"]) == {"caption", "sft", "mcq", "dpo", "text"}
@@ -298,7 +301,7 @@ def test_synthetic_end_to_end(tmp_path):
     # the splits hold different videos; bench defaults to questions only
     bench = tmp_path / "bench"
     run_precompute("synthetic", None, bench, workers=0, progress=False,
-                   opts=SourceOptions(image_size=32, split="bench", extra=dict(extra)))
+                   opts=SourceOptions(media=MediaConfig(image_size=32), split="bench", extra=dict(extra)))
     bench_ids = {s["json"]["id"] for s in shards.iter_shard_samples(bench, decode="bytes")}
     assert shards.read_manifest(bench)["counts"]["kind"] == {"mcq": len(bench_ids)}
     assert not bench_ids & {s["json"]["id"] for s in samples}

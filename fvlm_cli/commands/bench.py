@@ -2,52 +2,57 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from fvlm_cli.commands._common import ConfigOpt, JsonOpt, PrintConfigOpt, SetOpt
+from fvlm_cli.commands._common import ConfigOpt, JsonOpt, PrintConfigOpt, SetOpt, flag
+from fvlm_cli.eval.settings import BENCHMARKS, BenchConfig
 
-BENCH_NAMES = "val-loss | mvbench | video-mme | pope | scienceqa | mlvu | captioning | synthetic"
+# flag -> BenchConfig key: the defaults live once, in fvlm_cli/eval/settings.py
+BENCH_FLAGS = {"model": "model", "protocol": "protocol", "mode": "mode", "method": "method", "limit": "limit",
+               "out": "out", "order": "order", "batch_size": "batch_size", "max_new_tokens": "max_new_tokens",
+               "meteor": "meteor", "answer_format": "answer_format", "device": "device", "dtype": "dtype"}
 
 
 def bench(
-    names: Optional[List[str]] = typer.Argument(None, help=f"Benchmarks: {BENCH_NAMES}.", show_default=False),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Hub id, model folder, checkpoint, run dir, or preset (tiny, fvlm-135m, ...) (default: sanps/fVLM-135M)."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="coarse_only | coarse_fine | autoregressive | all (or a comma list) (default: all)."),
-    method: Optional[str] = typer.Option(None, "--method", help="MCQ scoring: loglik | generate | both (default: both)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N questions of each benchmark."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output dir; re-run with the same dir to resume (default: runs/bench)."),
-    order: Optional[str] = typer.Option(None, "--order", help="video_first | question_first (default: the model's)."),
+    ctx: typer.Context,
+    names: Optional[List[str]] = typer.Argument(None, help=f"Benchmarks: {' | '.join(BENCHMARKS)}.", show_default=False),
+    model: Optional[str] = flag(BenchConfig, "model", "--model", "-m"),
+    protocol: Optional[str] = flag(BenchConfig, "protocol", "--protocol"),
+    mode: Optional[str] = flag(BenchConfig, "mode", "--mode"),
+    method: Optional[str] = flag(BenchConfig, "method", "--method"),
+    limit: Optional[int] = flag(BenchConfig, "limit", "--limit"),
+    out: Optional[str] = flag(BenchConfig, "out", "--out", "-o"),
+    order: Optional[str] = flag(BenchConfig, "order", "--order"),
     data: Optional[List[str]] = typer.Option(None, "--data", help="Shards of a benchmark: NAME=DIR (repeatable); a bare DIR with one benchmark (default: data/NAME)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Questions scored together (default: 8)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="MCQ generate: answer length cap (default: 8)."),
-    meteor: Optional[bool] = typer.Option(None, "--meteor/--no-meteor", help="captioning: METEOR (needs Java) (default: on)."),
-    answer_format: Optional[str] = typer.Option(None, "--answer-format", help="loglik continuation: letter | text (default: letter)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: auto)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | bf16 | fp32 (default: auto)."),
+    batch_size: Optional[int] = flag(BenchConfig, "batch_size", "--batch-size"),
+    max_new_tokens: Optional[int] = flag(BenchConfig, "max_new_tokens", "--max-new-tokens"),
+    meteor: Optional[bool] = flag(BenchConfig, "meteor", "--meteor/--no-meteor"),
+    answer_format: Optional[str] = flag(BenchConfig, "answer_format", "--answer-format"),
+    device: Optional[str] = flag(BenchConfig, "device", "--device"),
+    dtype: Optional[str] = flag(BenchConfig, "dtype", "--dtype"),
+    gpus: int = typer.Option(0, "--gpus", help="Shard the questions over N processes with torchrun (one per GPU); results merged."),
     config_file: Optional[str] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
     print_config: bool = PrintConfigOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Benchmark a model in its three modes: MCQ by log-likelihood and/or generation, captioning, val-loss."""
+    """Benchmark a model in its three modes: MCQ under a scoring protocol, captioning, val-loss."""
     import json
 
     from fvlm_cli import config as cfglib
+    from fvlm_cli.commands._common import flag_values
     from fvlm_cli.errors import FvlmError
-    from fvlm_cli.eval.bench import BenchConfig, resolve_names, run_config
+    from fvlm_cli.eval.bench import resolve_names
 
-    data_cfg = cfglib.read_yaml(config_file) if config_file else {}
-    flags = {"model": model, "mode": mode, "method": method, "limit": limit, "out": None if out is None else str(out),
-             "order": order, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-             "answer_format": answer_format, "meteor": meteor, "device": device, "dtype": dtype}
-    data_cfg.update({k: v for k, v in flags.items() if v is not None})
+    data_cfg = cfglib.apply_overrides(cfglib.read_yaml(config_file) if config_file else {}, sets, BenchConfig)
+    for key, value in flag_values(ctx, BENCH_FLAGS).items():
+        cfglib.assign(data_cfg, key, value)
     if names:
         data_cfg["benchmarks"] = list(names)
-    cfg = cfglib.from_dict(BenchConfig, cfglib.apply_overrides(data_cfg, sets, BenchConfig))
-    cfg.benchmarks = resolve_names(cfg.benchmarks)
+    cfg = cfglib.from_dict(BenchConfig, data_cfg)
+    cfg.benchmarks = resolve_names(cfg.benchmarks, cfg.protocol)
     for item in data or []:
         if "=" in item:
             key, _, path = item.partition("=")
@@ -59,7 +64,15 @@ def bench(
     if print_config:
         typer.echo(cfglib.dump(cfg), nl=False)
         return
+    if gpus and gpus > 1:
+        from fvlm_cli.commands.train import _launch_torchrun
+
+        _launch_torchrun(gpus)
+    from fvlm_cli.eval.bench import run_config
+
     results = run_config(cfg, progress=True)
+    if not results:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     if json_out:
         typer.echo(json.dumps(results))
         return
@@ -67,18 +80,22 @@ def bench(
 
 
 def _render(results: dict, out: str) -> None:
+    from pathlib import Path
+
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     for bench, res in results["benchmarks"].items():
-        table = Table(title=f"{bench}  ({res.get('questions', '?')} samples)", title_justify="left")
-        rows = [(m, me, leaf) for m, v in res.items() if isinstance(v, dict) for me, leaf in v.items()]
+        title = f"{bench}  ({res.get('questions', '?')} samples" + (f", protocol {res['protocol']})" if res.get("protocol") else ")")
+        table = Table(title=title, title_justify="left")
+        rows = [(m, me, leaf) for m, v in res.items() if isinstance(v, dict) for me, leaf in v.items()
+                if isinstance(leaf, dict)]
         if not rows:
             continue
         first = rows[0][2]
         if "accuracy" in first:
-            extra = [k for k in ("f1", "yes_ratio") if k in first]
+            extra = [k for k in ("f1", "yes_ratio", "lmms_eval_score") if k in first]
             for col in ["mode", "method", "accuracy %", *extra, "n", "seconds"]:
                 table.add_column(col, justify="left" if col in ("mode", "method") else "right")
             for m, me, leaf in rows:

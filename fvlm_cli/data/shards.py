@@ -72,9 +72,12 @@ def check_sample(id: str, kind: str, messages: Any, media: Any, extra: dict) -> 
 
 
 def sample_record(id: str, source: str, kind: str, messages: list[dict], timestamps: Sequence[float],
-                  extra: Optional[dict] = None, media_type: Optional[str] = None) -> dict:
+                  extra: Optional[dict] = None, media_type: Optional[str] = None,
+                  meta: Optional[dict] = None) -> dict:
     """The sample's `json` member: the §3.2 keys for its kind, plus "media_type" ("image" | "video") for
     samples with media: the loader replicates images to `image_frames`, and a one-frame video is not an image.
+    `meta`: the source's own fields that evaluation or filtering reads (Video-MME duration/domain/sub_category,
+    the MVBench window sampled, Cauldron subset, ...), kept as "meta" when given and not empty.
     """
     extra = extra or {}
     record = {
@@ -95,6 +98,8 @@ def sample_record(id: str, source: str, kind: str, messages: list[dict], timesta
             record["category"] = ""
         if record["cluster"] is None:  # standard errors are clustered by video; default: the sample itself
             record["cluster"] = str(id)
+    if meta:
+        record["meta"] = meta
     return record
 
 

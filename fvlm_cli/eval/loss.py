@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -67,7 +65,3 @@ def entropy(attn: torch.Tensor) -> float:
     """Mean entropy (nats) of attention distributions over keys, averaged over layers, frames and heads."""
     p = attn.float().clamp_min(1e-12)
     return float(-(p * p.log()).sum(-1).mean())
-
-
-def normalized_entropy(attn: torch.Tensor) -> float:
-    return entropy(attn) / math.log(attn.shape[-1])

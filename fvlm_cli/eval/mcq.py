@@ -1,53 +1,49 @@
-"""Multiple-choice scoring (SPEC §5): the log-likelihood of each option, and greedy generation + letter extraction.
+"""Multiple-choice questions in, scored rows out (SPEC §5, §5.1): this module builds each protocol's prompts and
+continuations and reads the scores; the model computes them (`fvlm_cli.model.scoring`: DINO once per question
+for all options, modes and methods, one prefix per mode, every option from a fork of the prefix's KV cache).
 
-The fast path, what `fvlm bench` runs, for a batch of questions:
-  1. DINO runs once over every real frame (`encode_frames`); its per-layer K/V serve every query of every mode.
-  2. Per mode, the visual tokens and the prompt (system + question with lettered options +
-     `<|im_start|>assistant\\n`) run once on an `LLMStream`: one packed step for coarse_only / coarse_fine (as in
-     `generate_ids`), the frame-by-frame loop for autoregressive (`_autoregressive` returns the open stream).
-  3. loglik: the prefix KV cache is replicated once per option (the options of all questions side by side) and
-     every continuation is scored in one batched LLM step. The first continuation token is predicted from the
-     prefix's last hidden state, exactly as `forward` predicts the first answer token.
-  4. generate: greedy decoding continues on the same prefix cache (the prefix is not re-run, DINO not re-encoded;
-     equal to `generate_ids` at temperature 0), then `answer_letter` reads the chosen option.
-So per question: DINO once, one prefix per mode, one option step per mode — against a full forward (DINO
-included) for every option x mode on the naive path (SPEC §10: the 2.7 h benchmark suite).
-
-What is scored. The continuation of an option is its answer followed by `<|im_end|>` (`encode_mcq_options`),
-the same target tokens training puts the loss on. Including `<|im_end|>` separates the complete answer "A" from
-"A" as the first word of a sentence. Score = mean NLL over the continuation tokens (lowest wins); the summed NLL
-is kept too. `answer_format`:
-  "letter" (default): the continuation is the option's letter "A", "B", ... Every fvlm MCQ shard lists lettered
-            options and asks "Answer with the option's letter" (SPEC §3.2), so the letter is the answer the prompt
-            asks for: lm-eval-harness scores MMLU-style lettered prompts this way.
-  "text":   the continuation is the option's own text (ARC/HellaSwag-style loglik, where the prompt does not
-            letter the choices); the mean NLL keeps long options from being penalised for their length.
+Protocols (`protocol=`):
+  fvlm       the default. Prompt = the stored conversation (the model's system prompt, question with lettered
+             options) + `<|im_start|>assistant\\n`. loglik: the continuation of an option is its answer followed
+             by `<|im_end|>` (`encode_mcq_options`), the tokens training puts the loss on; score = mean NLL over
+             them (lowest wins), the summed NLL is kept too. `answer_format`:
+               "letter" (default): the continuation is the option's letter "A", "B", ... (every fvlm MCQ shard
+                        asks for the letter; lm-eval-harness scores MMLU-style lettered prompts this way);
+               "text":  the option's own text (ARC/HellaSwag style; the mean keeps long options fair).
+             generate: greedy decoding on the same prefix, then `answer_letter` reads the chosen option.
+  reference  the original research code's loglik rules, quirks included (eval/reference.py); loglik only.
+  lmms-eval  lmms-eval's prompts, generation lengths and answer extraction (eval/lmms_eval.py); generate only.
 
 The naive path (`score_naive`) runs `model(frames, prompt + option, loss on the option, mode=m)` for every
-option x mode: the reference for the tests and for benchmarks/bench_eval.py, never used by `fvlm bench`.
+option x mode: the check for the tests and benchmarks/bench_eval.py, never used by `fvlm bench`.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from fvlm_cli.eval import lmms_eval, reference
 from fvlm_cli.eval.letters import answer_letter, index as letter_index, letter as option_letter
-from fvlm_cli.model.vlm import MODES, LLMStream
+from fvlm_cli.model.scoring import PromptBatch, score_prefix_batch
+from fvlm_cli.model.vlm import MODES
 
 METHODS = ("loglik", "generate")
 ANSWER_FORMATS = ("letter", "text")
+PROTOCOLS = ("fvlm", "reference", "lmms-eval")
+PROTOCOL_METHODS = {"fvlm": METHODS, "reference": ("loglik",), "lmms-eval": ("generate",)}
+
+Batch = PromptBatch  # the padded prompts + continuations of a batch of questions
 
 
 @dataclass
 class Question:
-    """One multiple-choice question. frames: [T, S, S, 3] uint8 (T = 0 for text-only; images already replicated)."""
+    """One multiple-choice question. frames: [T, S, S, 3] uint8 as stored (T = 0 for text-only); an image (one
+    frame) is replicated by the protocol's frame policy when encoded."""
 
     id: str
     messages: list[dict]          # the prompt turns (the stored assistant answer removed)
@@ -56,27 +52,29 @@ class Question:
     frames: np.ndarray
     category: str = "uncategorized"
     cluster: Optional[str] = None
+    is_image: bool = False
+    question: str = ""            # the bare question (record["question"]): lmms-eval builds its own prompt
+    bench: str = ""
 
 
-@dataclass
-class Batch:
-    """Questions encoded and padded together (the layout of `generate_ids`)."""
+def frame_policy(protocol: str, image_frames: int) -> str:
+    """How a protocol feeds frames (recorded in every result row)."""
+    if protocol == "reference":
+        return f"stored video frames; images replicated to {reference.IMAGE_FRAMES}"
+    if protocol == "lmms-eval":
+        return lmms_eval.FRAME_POLICY.replace("image_frames", str(image_frames))
+    return f"stored video frames; images replicated to {image_frames}"
 
-    frames: torch.Tensor          # [B, T, 3, S, S]
-    frame_mask: torch.Tensor      # [B, T] bool
-    input_ids: torch.Tensor       # [B, S] right-padded prompts ending with `<|im_start|>assistant\n`
-    attention_mask: torch.Tensor  # [B, S]
-    visual_pos: torch.Tensor      # [B]
-    continuations: list[list[list[int]]] = field(default_factory=list)  # [B][K_b] option ids (+ <|im_end|>)
 
-    def to(self, device) -> "Batch":
-        return Batch(self.frames.to(device), self.frame_mask.to(device), self.input_ids.to(device),
-                     self.attention_mask.to(device), self.visual_pos.to(device), self.continuations)
+def _clip(q: Question, image_frames: int) -> np.ndarray:
+    from fvlm_cli.data.media import replicate
+
+    return replicate(q.frames, image_frames) if q.is_image else q.frames
 
 
 def encode_batch(questions: Sequence[Question], tokenizer: Any, *, system_prompt: str, order: str = "video_first",
-                 answer_format: str = "letter") -> Batch:
-    """Tokenise prompts and option continuations, pad frames and text."""
+                 answer_format: str = "letter", image_frames: int = 8) -> Batch:
+    """The fvlm protocol: tokenise prompts and option continuations, pad frames and text."""
     from fvlm_cli.data.chat import encode_mcq_options
 
     if answer_format not in ANSWER_FORMATS:
@@ -87,7 +85,30 @@ def encode_batch(questions: Sequence[Question], tokenizer: Any, *, system_prompt
         prompt, cont = encode_mcq_options(q.messages, answers, tokenizer, system_prompt=system_prompt, order=order)
         prompts.append(prompt)
         conts.append(cont)
-    return _pad(prompts, [q.frames for q in questions], tokenizer, conts)
+    return _pad(prompts, [_clip(q, image_frames) for q in questions], tokenizer, conts)
+
+
+def encode_reference(questions: Sequence[Question], tokenizer: Any, *,
+                     order: str = "video_first") -> tuple[Batch, list[reference.Encoded], list[int]]:
+    """The reference protocol: (batch, per-question encodings, per-question shared-prefix length).
+
+    The prefix run once per question is the part every option's rendered sequence shares (normally the whole
+    prompt); each option continues with the rest of its own rendered tokens, so the tokens are exactly those of
+    the full per-option conversation."""
+    from fvlm_cli.data.chat import Encoded
+
+    prompts, conts, encs, shared = [], [], [], []
+    for q in questions:
+        enc = reference.encode(reference.user_text(q.messages), tokenizer, order=order)
+        p = reference.shared_prefix(enc)
+        if enc.full and p <= enc.visual_pos:  # the frames must sit inside the shared prefix
+            raise ValueError(f"question {q.id}: options' token sequences differ before the visual position")
+        base = enc.full[0][:p] if enc.full else enc.prompt
+        prompts.append(Encoded(base, [0] * len(base), enc.visual_pos))
+        conts.append([f[p:] for f in enc.full])
+        encs.append(enc)
+        shared.append(p)
+    return _pad(prompts, [_clip(q, reference.IMAGE_FRAMES) for q in questions], tokenizer, conts), encs, shared
 
 
 def encode_prompts(messages: Sequence[list[dict]], frames: Sequence[np.ndarray], tokenizer: Any, *,
@@ -121,128 +142,18 @@ def stop_ids(tokenizer) -> tuple[int, ...]:
     return tuple(sorted(i for i in ids if i is not None and i >= 0))
 
 
-# ---------------------------------------------------------------- the fast path
-
-def prefix(model, cache, flat_idx, text_emb: torch.Tensor, frame_mask: torch.Tensor, attention_mask: torch.Tensor,
-           visual_pos: torch.Tensor, mode: str) -> tuple[LLMStream, torch.Tensor]:
-    """The visual + prompt prefix of one mode on an open stream, from DINO's cache (no re-encoding).
-
-    Returns (stream, h_last [B, D]): h_last is the hidden state of each prompt's last token; it predicts the
-    first answer token.
-    """
-    B = frame_mask.shape[0]
-    layout, hidden, stream = model.prefill(text_emb, None, frame_mask, attention_mask, visual_pos, mode,
-                                           cache=cache, flat_idx=flat_idx)
-    last = layout.valid.long().sum(1) - 1
-    return stream, hidden[torch.arange(B, device=hidden.device), last]
-
-
-def select_cache(cache, index: torch.Tensor):
-    """A new KV cache whose row i is row `index[i]` of `cache` (repeats allowed); `cache` itself is left as it was,
-    so its prefix can still be decoded. The tensors are gathered (copied) once; later steps grow the copy only."""
-    new = copy.copy(cache)
-    if hasattr(cache, "layers"):  # transformers >= 4.56: a list of per-layer objects
-        new.layers = [copy.copy(layer) for layer in cache.layers]
-    elif hasattr(cache, "key_cache"):  # older DynamicCache: lists of per-layer tensors
-        new.key_cache, new.value_cache = list(cache.key_cache), list(cache.value_cache)
-    else:
-        raise TypeError(f"cannot replicate a {type(cache).__name__} KV cache")
-    new.batch_select_indices(index)
-    return new
-
-
-def fork_stream(stream: LLMStream, index: torch.Tensor) -> LLMStream:
-    """A stream whose row i continues row `index[i]` of `stream` (KV cache, valid positions and next position)."""
-    out = LLMStream(stream.llm, len(index), stream.kv_valid.device)
-    out.cache = select_cache(stream.cache, index)
-    out.kv_valid = stream.kv_valid[index]
-    out.next_pos = stream.next_pos[index]
-    return out
-
-
-def score_continuations(model, stream: LLMStream, h_last: torch.Tensor, continuations: list[list[list[int]]],
-                        pad_id: int = 0) -> tuple[list[list[float]], list[list[int]]]:
-    """Summed NLL and token count of every continuation after its prompt's prefix, all in one LLM step.
-
-    continuations: [B][K_b] token ids. Returns (sum_nll [B][K_b], n_tokens [B][K_b]).
-    """
-    dev = h_last.device
-    owners = [b for b, conts in enumerate(continuations) for _ in conts]
-    flat = [c for conts in continuations for c in conts]
-    if not flat:
-        return [[] for _ in continuations], [[] for _ in continuations]
-    N, L = len(flat), max(len(c) for c in flat)
-    ids = torch.full((N, L), pad_id, dtype=torch.long, device=dev)
-    valid = torch.zeros(N, L, dtype=torch.bool, device=dev)
-    for i, c in enumerate(flat):
-        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long, device=dev)
-        valid[i, : len(c)] = True
-    index = torch.tensor(owners, dtype=torch.long, device=dev)
-    pred = [h_last[index][:, None]]  # token 0 is predicted by the prompt's last position
-    if L > 1:  # token j by continuation token j-1; the last token's output predicts nothing, so it is not fed
-        pred.append(fork_stream(stream, index).step(model.embed_text(ids[:, : L - 1]), valid[:, : L - 1]))
-    pred = torch.cat(pred, dim=1)  # [N, L, D]
-    nll = F.cross_entropy(model.llm.lm_head(pred[valid]).float(), ids[valid], reduction="none")
-    per = torch.zeros(N, L, device=dev, dtype=nll.dtype).masked_scatter(valid, nll).sum(1).tolist()
-    counts = valid.sum(1).tolist()
-    out_nll, out_n, i = [], [], 0
-    for conts in continuations:
-        out_nll.append(per[i : i + len(conts)])
-        out_n.append(counts[i : i + len(conts)])
-        i += len(conts)
-    return out_nll, out_n
-
-
-def greedy(model, stream: LLMStream, h_last: torch.Tensor, max_new_tokens: int,
-           stops: tuple[int, ...] = ()) -> list[list[int]]:
-    """Greedy decoding on an open prefix stream (`generate_ids` at temperature 0, without re-running the prefix)."""
-    B, dev = h_last.shape[0], h_last.device
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    stop_t = torch.tensor(list(stops) or [-1], device=dev)
-    h = h_last
-    for step in range(max_new_tokens):
-        nxt = model.llm.lm_head(h).float().argmax(-1)
-        for b in range(B):
-            if not done[b]:
-                out[b].append(int(nxt[b]))
-        done = done | torch.isin(nxt, stop_t)
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        h = stream.step(model.embed_text(nxt[:, None]), (~done)[:, None])[:, 0]
-    return out
-
-
-@torch.no_grad()
 def score_fast(model, batch: Batch, modes: Sequence[str] = MODES, *, loglik: bool = True, max_new_tokens: int = 0,
                stops: tuple[int, ...] = (), pad_id: int = 0, timings: Optional[dict] = None) -> dict:
-    """The fast path (module docstring) for every mode.
-
-    Returns {mode: {"sum_nll": [B][K_b], "n_tokens": [B][K_b] (loglik), "generated": [B][ids] (max_new_tokens > 0)}}.
-    `timings` (optional) receives seconds: "dino", and per mode "prefix/<mode>", "loglik/<mode>", "generate/<mode>".
-    """
-    for m in modes:
-        if m not in MODES:
-            raise ValueError(f"unknown mode {m!r}; expected one of {', '.join(MODES)}")
-    t = timings if timings is not None else {}
-    clock = _Clock(batch.frames.device)
-    fm = batch.frame_mask.bool()
-    cache, flat_idx = model.encode_frames(batch.frames, fm)
-    text_emb = model.embed_text(batch.input_ids)
-    t["dino"] = clock.lap()
-    out = {}
-    for mode in modes:
-        stream, h_last = prefix(model, cache, flat_idx, text_emb, fm, batch.attention_mask, batch.visual_pos, mode)
-        t[f"prefix/{mode}"] = clock.lap()
-        res: dict = {}
-        if loglik:
-            res["sum_nll"], res["n_tokens"] = score_continuations(model, stream, h_last, batch.continuations, pad_id)
-            t[f"loglik/{mode}"] = clock.lap()
-        if max_new_tokens > 0:  # after loglik: the options ran on a copy of the prefix cache
-            res["generated"] = greedy(model, stream, h_last, max_new_tokens, stops)
-            t[f"generate/{mode}"] = clock.lap()
-        out[mode] = res
-    return out
+    """The fast path with the fvlm reduction: {mode: {"sum_nll": [B][K_b], "n_tokens": [B][K_b] (loglik),
+    "generated": [B][ids] (max_new_tokens > 0)}} (timings: `score_prefix_batch`)."""
+    res = score_prefix_batch(model, batch, modes, loglik=loglik, max_new_tokens=max_new_tokens, stops=stops,
+                             pad_id=pad_id, timings=timings)
+    for r in res.values():
+        if "nll" in r:
+            nll = r.pop("nll")
+            r["sum_nll"] = [[sum(c) for c in q] for q in nll]
+            r["n_tokens"] = [[len(c) for c in q] for q in nll]
+    return res
 
 
 # ---------------------------------------------------------------- the naive path (reference)
@@ -274,52 +185,89 @@ def score_naive(model, batch: Batch, modes: Sequence[str] = MODES) -> dict:
 # ---------------------------------------------------------------- questions in, scored rows out
 
 def score_questions(lm, questions: Sequence[Question], *, modes: Sequence[str] = MODES,
-                    methods: Sequence[str] = METHODS, order: Optional[str] = None, answer_format: str = "letter",
-                    max_new_tokens: int = 8, extra_seconds: float = 0.0) -> list[dict]:
-    """Score one batch of questions in every mode x method (fast path). One row per question x mode x method:
+                    methods: Sequence[str] = METHODS, protocol: str = "fvlm", order: Optional[str] = None,
+                    answer_format: str = "letter", max_new_tokens: int = 8, extra_seconds: float = 0.0) -> list[dict]:
+    """Score one batch of questions in every mode x method under `protocol`. One row per question x mode x method:
 
-        {"id", "mode", "method", "prediction" (letter or None), "truth", "correct", "seconds",
-         loglik: "mean_nll", "sum_nll", "n_tokens" (per option);  generate: "generated" (text)}
+        {"id", "mode", "method", "protocol", "prediction" (letter or None), "truth", "correct", "seconds",
+         fvlm loglik: "mean_nll", "sum_nll", "n_tokens" (per option);  reference: "scores", "scored_options";
+         generate: "generated" (text)}
 
     `seconds` is the wall time attributed to that row: shared work (DINO, `extra_seconds` such as frame
     decoding) split evenly over modes x methods, each mode's prefix split over its methods, and the batch's
     time split evenly over its questions; summed over rows it is the whole time spent.
     """
-    bad = [m for m in methods if m not in METHODS]
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    bad = [m for m in methods if m not in PROTOCOL_METHODS[protocol]]
     if bad:
-        raise ValueError(f"unknown method {bad[0]!r}; expected one of {', '.join(METHODS)}")
+        raise ValueError(f"method {bad[0]!r} is not part of the {protocol} protocol "
+                         f"({', '.join(PROTOCOL_METHODS[protocol])})")
     if not questions:
         return []
     model, tok = lm.model, lm.tokenizer
+    order = order or lm.chat.order
     t0 = time.perf_counter()
-    batch = encode_batch(questions, tok, system_prompt=lm.chat.system_prompt, order=order or lm.chat.order,
-                         answer_format=answer_format).to(model.device)
-    t_encode = time.perf_counter() - t0
     stops = stop_ids(tok)
+    encs: list = []
+    if protocol == "fvlm":
+        batch = encode_batch(questions, tok, system_prompt=lm.chat.system_prompt, order=order,
+                             answer_format=answer_format, image_frames=lm.media.image_frames)
+        gen_tokens = max_new_tokens
+    elif protocol == "reference":
+        batch, encs, shared = encode_reference(questions, tok)  # rule 6: frames first, always
+        gen_tokens = 0
+    else:
+        benches = {q.bench for q in questions}
+        if len(benches) != 1:
+            raise ValueError(f"lmms-eval scores one benchmark per batch, got {sorted(benches)}")
+        bench = benches.pop()
+        msgs = [[{"role": "user", "content": lmms_eval.prompt(bench, q.question, q.options)}] for q in questions]
+        batch = encode_prompts(msgs, [_clip(q, lm.media.image_frames) for q in questions], tok,
+                               system_prompt=lm.chat.system_prompt, order=order)
+        gen_tokens = lmms_eval.MAX_NEW_TOKENS[bench]
+    batch = batch.to(model.device)
+    t_encode = time.perf_counter() - t0
     timings: dict = {}
-    res = score_fast(model, batch, modes, loglik="loglik" in methods,
-                     max_new_tokens=max_new_tokens if "generate" in methods else 0, stops=stops,
-                     pad_id=_pad_id(tok), timings=timings)
+    res = score_prefix_batch(model, batch, modes, loglik="loglik" in methods,
+                             max_new_tokens=gen_tokens if "generate" in methods else 0, stops=stops,
+                             pad_id=_pad_id(tok), timings=timings)
     B, n_pairs = len(questions), len(modes) * len(methods)
-    shared = (timings["dino"] + t_encode + extra_seconds) / n_pairs
+    shared_secs = (timings["dino"] + t_encode + extra_seconds) / n_pairs
+    ignore = reference.ignore_index(tok)
     rows = []
     for mode in modes:
         for method in methods:
-            secs = (shared + timings[f"prefix/{mode}"] / len(methods) + timings[f"{method}/{mode}"]) / B
+            secs = (shared_secs + timings[f"prefix/{mode}"] / len(methods) + timings[f"{method}/{mode}"]) / B
             for b, q in enumerate(questions):
-                row: dict = {"id": q.id, "mode": mode, "method": method}
-                if method == "loglik":
-                    s, n = res[mode]["sum_nll"][b], res[mode]["n_tokens"][b]
+                row: dict = {"id": q.id, "mode": mode, "method": method, "protocol": protocol}
+                truth = q.answer.strip().upper()
+                if method == "loglik" and protocol == "reference":
+                    enc, skip = encs[b], encs[b].prompt_len - shared[b]
+                    scores = [reference.score(nll[skip:], full[enc.prompt_len:], ignore)
+                              for nll, full in zip(res[mode]["nll"][b], enc.full)]
+                    pred = reference.pick(scores, enc.letters)
+                    row.update(scores=scores, scored_options=enc.options)
+                    ok = pred == truth
+                elif method == "loglik":
+                    s = [sum(c) for c in res[mode]["nll"][b]]
+                    n = [len(c) for c in res[mode]["nll"][b]]
                     mean = [x / max(k, 1) for x, k in zip(s, n)]
                     pred = option_letter(int(np.argmin(mean)))
                     row.update(mean_nll=mean, sum_nll=s, n_tokens=n)
+                    ok = pred == truth
                 else:
                     ids = [i for i in res[mode]["generated"][b] if i not in stops]
-                    text = tok.decode(ids, skip_special_tokens=True).strip()
-                    pred = answer_letter(text, q.options)
+                    text = tok.decode(ids, skip_special_tokens=True)
+                    if protocol == "lmms-eval":
+                        pred = lmms_eval.read_answer(q.bench, text, len(q.options))
+                        ok = lmms_eval.correct(q.bench, text, truth, len(q.options))
+                    else:
+                        text = text.strip()
+                        pred = answer_letter(text, q.options)
+                        ok = pred == truth
                     row["generated"] = text
-                truth = q.answer.strip().upper()
-                row.update(prediction=pred, truth=truth, correct=pred == truth, seconds=secs)
+                row.update(prediction=pred, truth=truth, correct=bool(ok), seconds=secs)
                 rows.append(row)
     return rows
 
@@ -331,18 +279,3 @@ def predicted_text(row: dict, options: Sequence[str]) -> str:
         if k < len(options):
             return options[k]
     return row.get("generated") or ""
-
-
-class _Clock:
-    """Lap timer that waits for queued GPU work, so each lap is the time of the work it names."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.last = time.perf_counter()
-
-    def lap(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        out, self.last = now - self.last, now
-        return out

@@ -40,26 +40,25 @@ def accuracy_summary(records: list[dict]) -> dict:
 
     records: dicts with "correct" (bool), "category" (str; missing -> "uncategorized") and "cluster"
     (str, e.g. the video id; missing -> the question is its own cluster).
-    Returns {"accuracy", "correct", "total", "se", "per_category": {cat: {"accuracy", "correct", "total"}}};
+    Returns {"accuracy", "correct", "total", "se", "per_category": {cat: {"accuracy", "correct", "total", "se"}}};
     "accuracy" is None for no records and "se" is None where undefined (fewer than two clusters).
     """
     ys = [bool(r["correct"]) for r in records]
     clusters = [str(r["cluster"]) if r.get("cluster") is not None else f"#{i}" for i, r in enumerate(records)]
-    per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for r, y in zip(records, ys):
-        counts = per[str(r.get("category") or "uncategorized")]
-        counts[0] += y
-        counts[1] += 1
-    se = clustered_se(ys, clusters) if records else float("nan")
+    per: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        per[str(r.get("category") or "uncategorized")].append(i)
     return {
-        "accuracy": sum(ys) / len(ys) if ys else None,
-        "correct": sum(ys),
-        "total": len(ys),
-        "se": None if math.isnan(se) else se,
-        "per_category": {
-            cat: {"accuracy": c / t, "correct": c, "total": t} for cat, (c, t) in sorted(per.items())
-        },
+        **_summary(ys, clusters),
+        "per_category": {cat: _summary([ys[i] for i in idx], [clusters[i] for i in idx])
+                         for cat, idx in sorted(per.items())},
     }
+
+
+def _summary(ys: list[bool], clusters: list[str]) -> dict:
+    se = clustered_se(ys, clusters) if ys else float("nan")
+    return {"accuracy": sum(ys) / len(ys) if ys else None, "correct": sum(ys), "total": len(ys),
+            "se": None if math.isnan(se) else se}
 
 
 def yes_no(text: str) -> str | None:

@@ -1,7 +1,8 @@
 """Plumbing shared by the published-dataset sources.
 
 - `resolve_root`: the `--input` is a local folder/file in the dataset's published layout, or a Hub dataset id
-  fetched once with `huggingface_hub.snapshot_download` into `opts.cache_dir` (archives extracted in place).
+  fetched once with `huggingface_hub.snapshot_download(allow_patterns=...)` into `opts.cache_dir`; both are
+  then read by the same code (archives in place, see `fvlm_cli.data.archives`).
 - Readers: parquet row dicts (batched, so a 100 GB dataset never sits in memory) and JSON / JSONL records.
 - `image_cell`: the HF `Image` feature as parquet stores it (`{"bytes", "path"}`), passed through undecoded.
 - MCQ formatting: lettered options, the prompt every benchmark source writes, and the §3.2 MCQ extra keys.
@@ -12,12 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tarfile
-import zipfile
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
+from fvlm_cli.data import archives
 from fvlm_cli.data.sources.base import RawSample, SourceOptions
 from fvlm_cli.errors import DataError
 
@@ -49,12 +49,12 @@ def resolve_root(
     *,
     default_repo: str,
     allow_patterns: Optional[Sequence[str]] = None,
-    archives: Sequence[str] = (),
 ) -> Path:
     """A local path as-is, else a Hub dataset id downloaded (only `allow_patterns`) into the cache.
 
-    `input=None` means the dataset's canonical Hub repo. `archives` are file suffixes (".zip", ".tar.gz")
-    that the Hub layout ships videos in; they are extracted next to themselves once (a marker file records it).
+    `input=None` means the dataset's canonical Hub repo. The download lands in a folder laid out exactly as
+    `hf download --local-dir` leaves it, and the source then reads it by the very code that reads a local copy
+    (archives in place; nothing extracted next to them).
     """
     spec = input or default_repo
     path = Path(spec).expanduser()
@@ -62,8 +62,7 @@ def resolve_root(
         return path.absolute()  # media paths must survive the driver's worker processes
     if not _HUB_ID.match(spec):
         raise DataError(f"input not found: {spec}")
-    return fetch_hub_dataset(spec, opts, allow_patterns=allow_patterns, archives=archives,
-                             local_missing=input is not None)
+    return fetch_hub_dataset(spec, opts, allow_patterns=allow_patterns, local_missing=input is not None)
 
 
 def fetch_hub_dataset(
@@ -71,7 +70,6 @@ def fetch_hub_dataset(
     opts: SourceOptions,
     *,
     allow_patterns: Optional[Sequence[str]] = None,
-    archives: Sequence[str] = (),
     local_missing: bool = False,
 ) -> Path:
     base = Path(opts.cache_dir or DEFAULT_CACHE).expanduser()
@@ -87,55 +85,27 @@ def fetch_hub_dataset(
         where = f"no local path {repo_id!r} and " if local_missing else ""
         first = (str(e).strip().splitlines() or [""])[0]
         raise DataError(f"{where}cannot fetch Hub dataset {repo_id!r}: {type(e).__name__}: {first}") from e
-    root = Path(root)
-    if archives:
-        extract_archives(root, archives)
-    return root
-
-
-def extract_archives(root: Path, suffixes: Sequence[str]) -> list[Path]:
-    """Extract every archive under `root` ending in one of `suffixes` into its own folder, once.
-
-    Hub video datasets ship zips/tars whose members carry the folder prefix the annotations expect
-    (Video-MME `data/x.mp4`, LLaVA-Video `academic_source/...`), so "next to the archive" is the right place.
-    """
-    done = []
-    for archive in sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(tuple(suffixes))):
-        marker = archive.with_name(f".{archive.name}.extracted")
-        if marker.exists():
-            continue
-        dest = archive.parent
-        try:
-            if archive.name.endswith(".zip"):
-                with zipfile.ZipFile(archive) as zf:
-                    for name in zf.namelist():
-                        target = (dest / name).resolve()
-                        if not target.is_relative_to(dest.resolve()):
-                            raise DataError(f"{archive}: member {name!r} escapes the archive folder")
-                    zf.extractall(dest)
-            else:
-                with tarfile.open(archive) as tf:
-                    if hasattr(tarfile, "data_filter"):
-                        tf.extractall(dest, filter="data")  # refuses absolute paths, links out, devices
-                    else:  # Python without PEP 706 filters: check member paths ourselves
-                        for member in tf.getmembers():
-                            target = (dest / member.name).resolve()
-                            if not target.is_relative_to(dest.resolve()) or member.issym() or member.islnk():
-                                raise DataError(f"{archive}: member {member.name!r} is a link or escapes the folder")
-                        tf.extractall(dest)
-        except (zipfile.BadZipFile, tarfile.TarError, OSError) as e:
-            raise DataError(f"cannot extract {archive}: {e}") from e
-        marker.touch()
-        done.append(archive)
-    return done
+    return Path(root).absolute()
 
 
 # --------------------------------------------------------------------------- finding and reading files
 
 def glob_files(root: Path, patterns: Iterable[str]) -> list[Path]:
-    """Sorted, de-duplicated files under `root` matching any of the glob `patterns`."""
-    found = {p for pattern in patterns for p in root.glob(pattern) if p.is_file()}
+    """Sorted, de-duplicated files under `root` matching any of the glob `patterns`; hidden folders (the
+    `.cache/huggingface/` that `hf download --local-dir` leaves) are skipped."""
+    found = {p for pattern in patterns for p in root.glob(pattern)
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
     return sorted(found, key=lambda p: p.as_posix())
+
+
+def zip_archives(root: Path, patterns: Iterable[str]) -> list[tuple[Path, ...]]:
+    """The zips under `root` matching `patterns` (globs of whole-zip names, e.g. "videos_chunked_*.zip"), each
+    as a 1-tuple, plus split zips (`X_partaa`, `X_partab`, ...) whose joined name `X` matches, as part tuples."""
+    patterns = list(patterns)
+    whole = glob_files(root, patterns)
+    split_globs = [f"{p[:-4] if p.endswith('.zip') else p}_part??" for p in patterns]
+    groups, _ = archives.split_zip_groups(glob_files(root, split_globs))
+    return [(p,) for p in whole] + groups
 
 
 def subset_dirs(root: Path, patterns: Sequence[str]) -> dict[str, Path]:
@@ -268,8 +238,17 @@ def take(samples: Iterable[RawSample], limit: Optional[int]) -> Iterator[RawSamp
     return iter(samples) if limit is None else islice(samples, max(0, limit))
 
 
-def error_sample(id: str, source: str, kind: str, reason: str) -> RawSample:
-    return RawSample(id=id, source=source, kind=kind, messages=[], error=reason)
+def error_sample(id: str, source: str, kind: str, reason: str, label: Optional[str] = None) -> RawSample:
+    """A row recorded as a failure; `label` names its input as the user knows it (the video a row names)."""
+    return RawSample(id=id, source=source, kind=kind, messages=[], error=reason, label=label)
+
+
+class MissingMedia(ValueError):
+    """A row whose media is nowhere in the dataset: the failure row names that media (`label`)."""
+
+    def __init__(self, reason: str, label: str):
+        super().__init__(reason)
+        self.label = label
 
 
 def strip_option_letters(options: Sequence[str]) -> list[str]:
@@ -337,7 +316,7 @@ def json_task_rows(tasks, name: str, kind: str, make):
                     raise ValueError(bad)
                 yield make(task, id, row)
             except BAD_ROW as e:
-                yield error_sample(id, name, kind, row_error(e))
+                yield error_sample(id, name, kind, row_error(e), getattr(e, "label", None))
 
 
 def candidates_and_answer(row: dict) -> tuple[list[str], str]:

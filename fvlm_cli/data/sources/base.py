@@ -17,12 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from fvlm_cli.settings import MediaConfig
+
 
 @dataclass
 class SourceOptions:
-    fps: float = 1.0
-    max_frames: int = 64
-    image_size: int = 224
+    media: MediaConfig = field(default_factory=MediaConfig)  # the frame sampling policy (fps, max_frames, image_size)
     limit: Optional[int] = None          # stop after this many samples (before --part split)
     seed: int = 0
     cache_dir: Optional[str] = None      # where downloads / Hub snapshots go
@@ -36,7 +36,11 @@ class RawSample:
     source: str                               # source NAME
     kind: str                                 # caption | sft | text | dpo | mcq
     messages: list[dict[str, str]]            # [{"role": "user"|"assistant"|"system", "content": str}]
-    media: Any = None                         # local path, http(s) URL, bytes, or PIL.Image; None = text-only
-    media_kind: Optional[str] = None          # "video" | "image" | None (auto from extension/content)
-    extra: dict[str, Any] = field(default_factory=dict)  # DPO: chosen, rejected; MCQ: question, options, answer, category, cluster
+    media: Any = None                         # local path, http(s) URL, bytes, PIL.Image, an archives.Member
+                                              # (read in place), or a list of images (multi-image); None = text-only
+    media_kind: Optional[str] = None          # "video" | "image" | "frames" | "images" | None (auto)
+    extra: dict[str, Any] = field(default_factory=dict)  # DPO: chosen, rejected; MCQ: question, options, answer,
+    # category, cluster; "window": [start, end] s to sample inside; any other JSON-able key is kept in the shard
     error: Optional[str] = None               # set when the row itself is malformed: recorded, not decoded
+    label: Optional[str] = None               # the input as the user knows it (URL, "archive.zip:member",
+                                              # the video a row names) when `media` is not that

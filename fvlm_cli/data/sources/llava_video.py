@@ -4,10 +4,17 @@ Published layout: one folder per subset (`0_30_s_academic_v0_1/`, `1_2_m_youtube
 holding annotation JSON files (`*_cap_processed.json`, `*_oe_*_qa_processed.json`, `*_mc_*_qa_processed.json`),
 each a list of rows
   {id, conversations: [{from: human|gpt, value}, ...], video: path relative to the subset folder, data_source}
-and the videos as `*_videos_N.tar.gz` archives that extract into the subset folder (locally: already
-extracted). From the Hub the subset's archives are downloaded and extracted, so `opts.split` (comma-separated
-subset names) is required there: the whole dataset is well over a terabyte.
-`opts.extra["annotations"]` (e.g. "cap" or "qa") keeps only annotation files whose name contains it.
+and the videos as `<subset>/<subset>_videos_N.tar.gz` archives whose members are those relative paths.
+gzip has no random access, so each archive is extracted ONCE, in one ordered pass, into
+`<cache-dir>/archives/<archive>-<key>/` (outside the input, which is never written to); this costs about the
+archives' own size on disk (~5.3 GB per archive; mp4 does not compress). Videos already unpacked into the
+subset folder are used as they are. A row whose video is in no archive is a failure row naming
+`<subset>/<video>`; failure rows name archive members as `<archive>.tar.gz:<path>`.
+
+Which subsets: a local copy is read whole (every subset folder present; `--split` narrows it). A Hub id
+fetches `DEFAULT_SUBSETS` (the two 0-30 s subsets: 0_30_s_academic_v0_1 and 0_30_s_youtube_v0_1, about
+100 GB of archives) unless `--split` names subsets. `--set annotations=cap` (or `qa`, `oe`, `mc`) keeps only
+annotation files whose name contains it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Iterator, Optional
 
+from fvlm_cli.data import archives
 from fvlm_cli.data.sources import _hub
 from fvlm_cli.data.sources.base import RawSample, SourceOptions
 from fvlm_cli.errors import DataError
@@ -32,11 +40,9 @@ _PLACEHOLDER = re.compile(r"[ \t]*<(?:image|video)>[ \t]*\n?")
 
 def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSample]:
     wanted = _hub.selectors(opts.split)
-    if _hub.goes_to_hub(input) and not wanted:
-        raise DataError("llava-video from the Hub needs a split naming subset(s), e.g. 0_30_s_academic_v0_1")
-    patterns = [f"{s}/{ext}" for s in wanted for ext in ("*.json", "*.jsonl", "*.tar.gz", "*.tar")]
-    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=patterns,
-                             archives=(".tar.gz", ".tar"))
+    fetch = wanted or DEFAULT_SUBSETS
+    patterns = [f"{s}/{ext}" for s in fetch for ext in ("*.json", "*.jsonl", "*_videos_*.tar.gz")]
+    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=patterns)
     if root.is_file():
         subsets = [(root.parent.name, root.parent, [root])]
     else:
@@ -48,23 +54,62 @@ def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSampl
     only = opts.extra.get("annotations")
     if only:
         subsets = [(name, d, [f for f in files if only in f.name]) for name, d, files in subsets]
-    return _hub.take(_samples(subsets), opts.limit)
+    cache = archives.archive_cache(opts.cache_dir)
+    return _hub.take(_samples(subsets, cache, root if root.is_dir() else root.parent), opts.limit)
 
 
-def _samples(subsets: list[tuple[str, Path, list[Path]]]) -> Iterator[RawSample]:
+DEFAULT_SUBSETS = ["0_30_s_academic_v0_1", "0_30_s_youtube_v0_1"]
+
+
+class _Videos:
+    """A subset's videos: files in the subset folder, else members of its `*_videos_N.tar.gz`, extracted once
+    into the cache (lazily: only when the subset is reached)."""
+
+    def __init__(self, folder: Path, cache: Path, input_root: Path):
+        self.folder, self.cache, self.input_root = folder, cache, input_root
+        self.index: Optional[dict[str, tuple[Path, str]]] = None
+
+    def _build(self) -> dict[str, tuple[Path, str]]:
+        index = {}
+        tars = _hub.glob_files(self.folder, ["*.tar.gz", "*.tgz", "*.tar"])
+        for tar in sorted(tars, key=lambda p: _natural(p.name)):
+            dest, members = archives.extract_tar_cached(tar, self.cache, self.input_root)
+            for name in members:
+                index.setdefault(name.lstrip("./"), (dest / name, f"{tar.name}:{name}"))
+        return index
+
+    def find(self, video: str) -> tuple[str, Optional[str]]:
+        path = self.folder / video
+        if path.is_file():
+            return str(path), None
+        if self.index is None:
+            self.index = self._build()
+        hit = self.index.get(video.lstrip("./"))
+        if hit is None:
+            raise _hub.MissingMedia(f"video {video} is in no {self.folder.name}/*_videos_*.tar.gz",
+                                    f"{self.folder.name}/{video}")
+        return str(hit[0]), hit[1]
+
+
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _samples(subsets: list[tuple[str, Path, list[Path]]], cache: Path, input_root: Path) -> Iterator[RawSample]:
     for subset, folder, files in subsets:
+        videos = _Videos(folder, cache, input_root)
         for path in files:
             for i, (row, bad) in enumerate(_hub.iter_json_records(path)):
                 id = f"{subset}/{path.stem}/{i}"
                 try:
                     if bad:
                         raise ValueError(bad)
-                    yield _sample(id, subset, folder, row)
+                    yield _sample(id, subset, videos, row)
                 except _hub.BAD_ROW as e:
-                    yield _hub.error_sample(id, NAME, KIND_DEFAULT, _hub.row_error(e))
+                    yield _hub.error_sample(id, NAME, KIND_DEFAULT, _hub.row_error(e), getattr(e, "label", None))
 
 
-def _sample(id: str, subset: str, folder: Path, row: dict) -> RawSample:
+def _sample(id: str, subset: str, videos: _Videos, row: dict) -> RawSample:
     messages = []
     for turn in _hub.need(row, "conversations"):
         role = _ROLES.get(str(turn.get("from", "")).lower())
@@ -77,13 +122,14 @@ def _sample(id: str, subset: str, folder: Path, row: dict) -> RawSample:
     roles = [m["role"] for m in messages]
     if "user" not in roles or "assistant" not in roles:
         raise ValueError("conversation needs a human and a gpt turn")
-    video = str(_hub.need(row, "video"))
+    media, label = videos.find(str(_hub.need(row, "video")))
     return RawSample(
         id=id,
         source=NAME,
         kind=KIND_DEFAULT,
         messages=messages,
-        media=str(folder / video),
+        media=media,
+        label=label,
         media_kind="video",
         extra={"subset": subset, "orig_id": row.get("id"), "data_source": row.get("data_source")},
     )

@@ -27,8 +27,7 @@ GENERATION_TASKS = ("8_sub_scene", "9_summary")
 def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSample]:
     wanted = _hub.selectors(opts.split)
     videos = [f"MLVU/video/{t}/*" for t in wanted] if wanted else ["MLVU/video/*"]
-    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=["MLVU/json/*", *videos],
-                             archives=(".zip",))
+    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=["MLVU/json/*", *videos])
     if (root / "MLVU" / "json").is_dir():
         root = root / "MLVU"
     if not (root / "json").is_dir():

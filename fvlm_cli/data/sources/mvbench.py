@@ -1,15 +1,17 @@
 """`mvbench`: OpenGVLab/MVBench, 20 short-video MCQ tasks (4,000 questions).
 
 Published layout: `json/<task>.json` (a list of {video, question, candidates, answer[, start, end]}, answer
-being the text of one candidate) and the videos under `video/` (on the Hub as zip archives, extracted here).
-Each task reads its videos from one folder, as the official evaluation maps them. The current release ships
-pre-cut segments (`star/Charades_segment`, `tvqa/video_fps3_hq_segment`, ...); the original one kept whole
-videos with a `start`/`end` bound in seconds (`star/Charades_v1_480`, `sta/sta_video`) and TVQA as 3 fps frame
-folders (`tvqa/frames_fps3_hq/<clip>/*.jpg`). Both are found: the first folder that holds the row's video wins.
-A frame folder is passed as a directory with media_kind "frames"; an original-layout bound is kept in
-extra["bound"] = [start, end] (seconds) for the media loader, never applied to pre-cut segments.
-`opts.split` names tasks ("action_sequence,scene_transition"); none named means all. category = task,
-cluster = the video path, so the standard error is clustered by video.
+being the text of one candidate) and the videos as `video/<src>.zip` archives (`star.zip`, `clevrer.zip`,
+`tvqa.zip`, `vlnqa.zip`, ... members `<src>/<sub>/<file>`, e.g. `star/Charades_v1_480/ZS9XR.mp4`), read in
+place from a local copy and from a Hub id alike; unzipped folders under `video/` (or the root) work too.
+Every task reads its videos from one folder, as the official evaluation maps them (all 20, egocentric
+navigation = `vlnqa/`). The original layout keeps whole videos with a `start`/`end` window in seconds
+(`star/Charades_v1_480`, `sta/sta_video`) and TVQA as 3 fps frame folders (`tvqa/frames_fps3_hq/<clip>/`);
+there the window is applied: frames are sampled only inside it, by the media policy (frame folders at
+their stored 3 fps), and the shard records the window used. Pre-cut segments of later releases
+(`star/Charades_segment`, ...) are read whole. A row whose video is in no archive/folder is a failure row
+naming `<folder>/<video>`. `opts.split` names tasks ("action_sequence,scene_transition"); none named means all.
+category = task, cluster = the video path, so the standard error is clustered by video.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
+from fvlm_cli.data import archives
 from fvlm_cli.data.sources import _hub
 from fvlm_cli.data.sources.base import RawSample, SourceOptions
 from fvlm_cli.errors import DataError
@@ -27,7 +30,7 @@ HUB_REPO = "OpenGVLab/MVBench"
 
 
 class _Folder(NamedTuple):
-    path: str        # relative to video/ (or to the root, where the Hub zips were extracted flat)
+    path: str        # inside video/ and its zips (or at the root, where the zips were extracted flat)
     kind: str        # "video" | "frames"
     bounded: bool    # rows' start/end cut a whole video (original layout only)
 
@@ -67,8 +70,7 @@ def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSampl
     unknown = [t for t in wanted if t not in TASKS]
     if unknown:
         raise DataError(f"mvbench: unknown task(s) {', '.join(unknown)} (tasks: {', '.join(sorted(TASKS))})")
-    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=["json/*", "video/*"],
-                             archives=(".zip",))
+    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=allow_patterns(wanted))
     json_dir = root / "json"
     if not json_dir.is_dir():
         raise DataError(f"mvbench: no json/ folder of task files under {root}")
@@ -79,46 +81,56 @@ def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSampl
         raise DataError(f"mvbench: missing task file(s) {', '.join(missing)} under {root}")
     if not tasks:
         raise DataError(f"mvbench: no known task files (json/<task>.json) under {root}")
-    return _hub.take(_samples(root, [(t, files[t]) for t in tasks]), opts.limit)
+    finder = _Finder(root)
+    return _hub.take(_hub.json_task_rows([(t, files[t]) for t in tasks], NAME, KIND_DEFAULT,
+                                         lambda task, id, row: _sample(finder, task, id, row)), opts.limit)
 
 
-def _bases(root: Path) -> list[Path]:
-    # Local copies keep video/<folder>; lmms-eval-style extraction puts <folder> at the root; some mirrors
-    # of the first release nest star/ and clevrer/ under data0613/.
-    return [root / "video", root, root / "video" / "data0613", root / "data0613"]
+def allow_patterns(tasks: list[str]) -> list[str]:
+    """The task files and the zips holding the named tasks' videos (all zips when no task is named)."""
+    if not tasks:
+        return ["json/*", "video/*.zip"]
+    sources = sorted({f.path.split("/")[0] for t in tasks for f in TASKS[t]})
+    return ["json/*", *(f"video/{src}.zip" for src in sources), "video/data0613.zip"]
 
 
-def _locate(root: Path, task: str, video: str) -> tuple[Path, _Folder]:
-    folders = TASKS[task]
-    for folder in folders:
-        for base in _bases(root):
-            path = base / folder.path / video
-            if path.exists():
-                return path, folder
-    # Not present (yet): point at the current release's place so the failure names the expected path.
-    base = root / "video" if (root / "video").is_dir() else root
-    return base / folders[0].path / video, folders[0]
+# Local copies keep video/<folder>; lmms-eval-style extraction puts <folder> at the root; some mirrors
+# of the first release nest star/ and clevrer/ under data0613/.
+_PREFIXES = ("video/", "", "video/data0613/", "data0613/")
 
 
-def _media_kind(path: Path, folder: _Folder) -> str:
-    if path.is_dir():
-        return "frames"
-    if path.exists() or path.suffix:
-        return "video"
-    return folder.kind  # absent and extension-less: trust the table (TVQA clips are frame folders)
+class _Finder:
+    """A task's video: a member of a `video/*.zip` (read in place), else a file or folder on disk."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.members = archives.index_zips(_hub.zip_archives(root, ["video/*.zip", "*.zip"]))
+
+    def locate(self, task: str, video: str):
+        for folder in TASKS[task]:
+            rel = f"{folder.path}/{video}"
+            for prefix in _PREFIXES:
+                path = self.root / f"{prefix}{rel}"
+                if path.exists():
+                    return str(path), folder, "frames" if path.is_dir() else "video"
+            for prefix in ("", "data0613/"):
+                member = self.members.get(f"{prefix}{rel}")
+                if member is not None:
+                    return member, folder, "frames" if member.is_dir else "video"
+        wanted = " or ".join(f"{f.path}/{video}" for f in TASKS[task])
+        raise _hub.MissingMedia(f"video {wanted} is in no video/*.zip and no folder", f"{TASKS[task][0].path}/{video}")
 
 
-def _samples(root: Path, tasks: list[tuple[str, Path]]) -> Iterator[RawSample]:
-    return _hub.json_task_rows(tasks, NAME, KIND_DEFAULT, lambda task, id, row: _sample(root, task, id, row))
-
-
-def _sample(root: Path, task: str, id: str, row: dict) -> RawSample:
+def _sample(finder: _Finder, task: str, id: str, row: dict) -> RawSample:
     candidates, answer = _hub.candidates_and_answer(row)
     video = str(_hub.need(row, "video"))
-    path, folder = _locate(root, task, video)
+    media, folder, kind = finder.locate(task, video)
     extra = {"task": task}
     if folder.bounded and row.get("start") is not None and row.get("end") is not None:
-        extra["bound"] = [float(row["start"]), float(row["end"])]
+        start, end = float(row["start"]), float(row["end"])
+        if not end > start:
+            raise ValueError(f"window start {start} is not before end {end}")
+        extra["window"] = [start, end]
     return _hub.mcq_sample(
         id=id,
         source=NAME,
@@ -127,7 +139,7 @@ def _sample(root: Path, task: str, id: str, row: dict) -> RawSample:
         answer_index=candidates.index(answer),
         category=task,
         cluster=f"{folder.path}/{video}",
-        media=str(path),
-        media_kind=_media_kind(path, folder),
+        media=media,
+        media_kind=kind,
         extra=extra,
     )

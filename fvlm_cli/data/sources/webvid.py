@@ -5,8 +5,11 @@ Published layout: metadata CSVs with the columns `videoid, contentUrl, duration,
 `data/{train,val}/partitions/NNNN.csv`). `name` is the caption; the video itself lives at `contentUrl`
 and is downloaded by the precompute workers (http(s) only, timeout, size cap, retries; see download.py).
 
---input: a CSV, a folder of CSVs (all of them, sorted; `--split train|val` keeps the matching ones),
-or a Hub dataset id. `--set videos_dir=DIR` uses already-downloaded videos (`DIR/{page_dir}/{videoid}.mp4`
+--input: a CSV (read as given), a folder of CSVs, or a Hub dataset id. Splits are never mixed: by default
+only the train CSVs are read (those naming `train` in their path: `data/train/partitions/*.csv`,
+`results_10M_train.csv`); `--split val` reads only the validation ones (`data/val/partitions/*.csv`,
+`results_2M_val.csv`). A folder whose CSVs name neither split is read whole. A Hub id fetches only the
+chosen split's partitions. `--set videos_dir=DIR` uses already-downloaded videos (`DIR/{page_dir}/{videoid}.mp4`
 or `DIR/{videoid}.mp4`) and fetches only the missing ones. `--set prompt=...` changes the user prompt.
 """
 
@@ -26,12 +29,14 @@ KIND_DEFAULT = "caption"
 HUB_REPO = "TempoFunk/webvid-10M"
 PROMPT = "What would be the WebVid caption for this video?"  # the reference recipe's stage-1 prompt
 REQUIRED = ("videoid", "contentUrl", "name")
+SPLITS = ("train", "val")
 
 
 def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSample]:
-    split = opts.split
-    patterns = [f"*{split}*.csv"] if split else ["*.csv"]
-    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=patterns)
+    split = (opts.split or "train").strip()
+    if split not in SPLITS:
+        raise DataError(f"webvid: --split is train or val, got {split!r}")
+    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=[f"data/{split}/partitions/*.csv"])
     csvs = csv_files(root, split)
     for path in csvs:  # a wrong file fails the run before anything is written
         _check_header(path)
@@ -40,17 +45,23 @@ def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSampl
     return _hub.take(_samples(csvs, Path(videos_dir) if videos_dir else None, prompt), opts.limit)
 
 
-def csv_files(root: Path, split: Optional[str]) -> list[Path]:
-    """The metadata CSVs of `root` (a CSV or a folder), sorted; with `split`, those naming it in their path."""
+def csv_files(root: Path, split: str) -> list[Path]:
+    """The metadata CSVs of `root` (a CSV or a folder), sorted: those naming `split` in their path (a folder
+    whose CSVs name no split at all is read whole)."""
     if root.is_file():
         return [root]
-    files = sorted(root.rglob("*.csv"), key=lambda p: p.relative_to(root).as_posix())
-    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
-    if split:
-        files = [p for p in files if split in re.split(r"[/_.-]", p.relative_to(root).as_posix())]
+    files = _hub.glob_files(root, ["**/*.csv"])
+
+    def names(p: Path) -> set[str]:
+        return set(re.split(r"[/_.-]", p.relative_to(root).as_posix().lower()))
+
+    if any(names(p) & {"train", "val", "validation"} for p in files):
+        wanted = {"val", "validation"} if split == "val" else {"train"}
+        files = [p for p in files if names(p) & wanted]
+    elif split == "val":
+        files = []  # nothing here is marked as validation data
     if not files:
-        where = f" for split {split!r}" if split else ""
-        raise DataError(f"webvid: no metadata CSV{where} under {root}")
+        raise DataError(f"webvid: no metadata CSV for split {split!r} under {root}")
     return files
 
 
