@@ -451,7 +451,11 @@ def iter_shard_samples(path_or_dir: str | Path, *, decode: str = "pil", access: 
     Each item: {"__key__", "__shard__", "json": dict, "frames": [PIL.Image] (decode="pil"),
     [S, S, 3] uint8 arrays (decode="numpy") or JPEG bytes (decode="bytes")}. A sample without a readable
     json is skipped (appended to `skipped` when given, as "shard: key: reason") rather than stopping the read.
+    A local directory without shards yields nothing (the caller says what it expected there).
     """
+    local = Path(str(path_or_dir)).expanduser()
+    if local.is_dir() and not shard_paths(local) and not list(local.glob("shards/*.tar")):
+        return
     ref = resolve_shards(path_or_dir, access)
     for url in ref.urls:
         for s in stream_shard(url, access, expected=ref.counts.get(url), sha256=ref.sha256.get(url)):
