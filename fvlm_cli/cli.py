@@ -12,6 +12,7 @@ import sys
 import typer
 
 from fvlm_cli.commands import bench, caption, compare_modes, config_cmd, dpo, precompute, profile, speedrun, train, upload
+from fvlm_cli.commands import upload_shards
 
 app = typer.Typer(
     name="fvlm",
@@ -37,6 +38,7 @@ app.command("bench")(bench.bench)
 app.command("caption")(caption.caption)
 app.command("compare-modes")(compare_modes.compare_modes)
 app.command("upload")(upload.upload)
+app.command("upload-shards")(upload_shards.upload_shards)
 app.command("speedrun")(speedrun.speedrun)
 app.add_typer(config_cmd.app, name="config")
 app.command("profile")(profile.profile)

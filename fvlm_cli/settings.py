@@ -50,7 +50,8 @@ class ChatConfig:
 
 @dataclass
 class ShardSet:
-    path: str = field("", help="shard directory (with manifest.json) or a glob/brace pattern of .tar files")
+    path: str = field("", help="shard directory (with manifest.json), glob/brace pattern of .tar files, http(s):// "
+                               "pattern, pipe:COMMAND or hf://datasets/OWNER/NAME/PATTERN")
     weight: float = field(1.0, help="mixture weight among the non-text shard sets")
 
 
@@ -68,6 +69,10 @@ class DataConfig:
     frame_budget: int = field(0, help="if > 0, cap frames per micro-batch (frame-budget batching)")
     shuffle_buffer: int = field(256, help="sample shuffle buffer size")
     seed: int = field(0, help="data order seed")
+    retries: int = field(5, help="retries of a shard read that failed transiently (5xx, reset, truncated stream)")
+    retry_backoff: float = field(1.0, help="seconds before the first retry; doubled on each further retry")
+    cache_dir: Optional[str] = field(None, help="download remote shards once into this folder (later epochs read it)")
+    verify: bool = field(False, help="check each shard's sha256 against its manifest while reading")
 
 
 @dataclass

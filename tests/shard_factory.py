@@ -105,3 +105,17 @@ def write_shards(out_dir: str | Path, samples: Sequence[dict], *, per_shard: int
         (out / "manifest.json").write_text(json.dumps({"format": "fvlm-shards/1", "samples": len(samples),
                                                        "shards": entries}, indent=1))
     return paths
+
+
+def loader_config(*paths, size: int = 8, **data):
+    """A RunConfig reading `paths` as data.train at frame size `size`, in-process (0 workers), small shuffle
+    blocks and fast retries; `data` overrides any data.* key."""
+    from fvlm_cli.settings import RunConfig, ShardSet
+
+    cfg = RunConfig()
+    cfg.model.image_size = size
+    cfg.data.train = [ShardSet(path=str(p)) for p in paths]
+    cfg.data.num_workers, cfg.data.shuffle_buffer, cfg.data.retry_backoff = 0, 3, 0.01
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    return cfg

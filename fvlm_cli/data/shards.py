@@ -10,7 +10,8 @@ One sample in a tar is a group of members sharing a key:
 
 Text is stored as text, never token ids: a chat-template fix must not require re-running precompute.
 Tars are written to a temporary name and renamed when complete, so a file named `*.tar` is never partial.
-The loader and the tools read shards back with `iter_shard_samples` and `read_manifest`.
+Reading is here too, for the loader, bench, caption and the tests alike: `stream_shard` (one shard, with
+retries, from any position), `iter_shard_samples` (a whole set), `resolve_shards` (local, http(s), pipe:, hf://).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tarfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,44 +289,219 @@ def shard_paths(path_or_dir: str | Path) -> list[Path]:
     return sorted(path.glob("*.tar"))
 
 
-# ---------------------------------------------------------------- reading
+# ---------------------------------------------------------------- reading (the one shard reader)
 
-def iter_shard_samples(path_or_dir: str | Path, *, decode: str = "pil") -> Iterator[dict]:
-    """Yield the samples of a tar (or of every tar of a directory) in stored order.
+_FRAME_RE = re.compile(r"^(\d+)\.(jpg|jpeg|png)$")
+
+
+@dataclass(frozen=True)
+class ShardSample:
+    """One sample as stored: its shard, key, position in the shard, json bytes and frame bytes (in order).
+
+    `record` is None when the json member is missing; `error` says why the sample is unusable (corrupt)."""
+
+    shard: str
+    key: str
+    ordinal: int
+    json_bytes: Optional[bytes]
+    frames: tuple[bytes, ...]
+
+    @property
+    def error(self) -> Optional[str]:
+        if self.json_bytes is None:
+            return "no json member"
+        try:
+            json.loads(self.json_bytes)
+        except ValueError as e:
+            return f"unreadable json ({e})"
+        return None
+
+
+def _sample_of(url: str, ordinal: int, raw: dict) -> ShardSample:
+    frames = sorted((int(m.group(1)), data) for ext, data in raw.items()
+                    if isinstance(ext, str) and (m := _FRAME_RE.match(ext)))
+    return ShardSample(url, raw["__key__"], ordinal, raw.get("json"), tuple(d for _, d in frames))
+
+
+class _Hashing:
+    """A read-through stream wrapper that hashes what passes (sha256 check of a streamed shard)."""
+
+    def __init__(self, stream):
+        self.stream, self.h = stream, hashlib.sha256()
+
+    def read(self, *args):
+        data = self.stream.read(*args)
+        self.h.update(data)
+        return data
+
+    def drain(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self.h.hexdigest()
+
+
+def stream_shard(url: str, access: Any = None, *, start: int = 0, expected: Optional[int] = None,
+                 sha256: Optional[str] = None) -> Iterator[ShardSample]:
+    """The samples of one shard from position `start` on, read with webdataset's tar iterators.
+
+    Transient failures (HTTP 5xx, resets, a stream that ends early) are retried `access.retries` times with
+    exponential backoff; a retry reopens the shard and skips the samples already yielded. Then a one-line
+    DataError naming the shard. `expected` (manifest count): fewer samples than that is a truncated stream.
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    from fvlm_cli.data import remote
+
+    access = access or remote.ShardAccess()
+    local = remote.cached(url, access, sha256)
+    src = str(local) if local is not None else url
+    next_ordinal, attempt = start, 0
+    log = logging.getLogger("fvlm.data")
+    while True:
+        stream = None
+        try:
+            stream = remote.open_raw(src, access)
+            hashing = _Hashing(stream) if (access.verify and sha256 and local is None) else None
+            files = tar_file_iterator(hashing or stream)
+            ordinal, held = 0, None
+            # a sample is passed on only once the next one has begun (or the stream ended cleanly): a stream cut
+            # at a member boundary would otherwise hand out its last sample with members missing
+            for raw in group_by_keys({**f, "__url__": url} for f in files):
+                if held is not None:
+                    yield held
+                    next_ordinal = held.ordinal + 1
+                held = _sample_of(url, ordinal, raw) if ordinal >= next_ordinal else None
+                ordinal += 1
+            digest = hashing.drain() if hashing else None
+            stream.close()  # a pipe / curl reports its exit status here
+            if expected is not None and ordinal < expected:
+                raise remote.TransientError(f"stream ended after {ordinal} of {expected} samples")
+            if digest is not None and digest != sha256:
+                raise remote.TransientError(f"sha256 mismatch (manifest {sha256[:12]}..., got {digest[:12]}...)")
+            if held is not None:
+                yield held
+            return
+        except DataError:
+            raise
+        except Exception as e:
+            reason, transient = remote.describe_failure(src, e, stream)
+            attempt += 1
+            if not transient or attempt > access.retries:
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise DataError(f"shard {url}: {reason}{tries}") from None
+            delay = access.backoff * 2 ** (attempt - 1)
+            log.warning("shard %s: %s; retry %d/%d in %.1f s (from sample %d)", url, reason, attempt, access.retries,
+                        delay, next_ordinal)
+            time.sleep(delay)
+        finally:
+            remote.close_quietly(stream)
+
+
+def resolve_shards(spec: str | Path, access: Any = None):
+    """A shard set (`remote.ShardSetRef`): a local directory (its manifest.json list, else *.tar, else
+    shards/*.tar), a tar, a glob, a brace pattern, an http(s):// pattern, a `pipe:` command or an
+    `hf://datasets/OWNER/NAME/PATTERN`. Sorted; DataError if empty or a named shard is missing."""
+    import glob
+
+    from fvlm_cli.data import remote
+
+    spec = str(spec)
+    if remote.is_remote(spec):
+        return remote.resolve_remote(spec, access or remote.ShardAccess())
+    path = Path(spec).expanduser()
+    ref = remote.ShardSetRef(spec, [])
+    if path.is_dir():
+        ref.urls = [str(p) for p in shard_paths(path)]
+        if not ref.urls and (path / "shards").is_dir():
+            ref.urls = [str(p) for p in sorted((path / "shards").glob("*.tar"))]
+        missing = [p for p in ref.urls if not os.path.isfile(p)]
+        if missing:
+            raise DataError(f"{path}: manifest lists {len(missing)} missing shard(s), e.g. {missing[0]}")
+        if (path / MANIFEST).exists():
+            for entry in read_manifest(path)["shards"]:
+                url = str(path / entry["path"])
+                if "samples" in entry:
+                    ref.counts[url] = int(entry["samples"])
+                if entry.get("sha256"):
+                    ref.sha256[url] = entry["sha256"]
+    elif path.is_file():
+        ref.urls = [str(path)]
+    else:
+        for pattern in remote.expand_braces(spec):
+            hits = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not hits and not re.search(r"[*?\[]", pattern) and "{" in spec:
+                raise DataError(f"shard {pattern} (from {spec}) does not exist")
+            ref.urls += hits
+        ref.urls = sorted(set(ref.urls))
+    if not ref.urls:
+        raise DataError(f"no shards found at {spec!r} (a shard directory, a .tar, a glob, a brace pattern, "
+                        f"an http(s):// pattern, pipe:COMMAND or hf://datasets/OWNER/NAME/PATTERN)")
+    return ref
+
+
+def discover_shards(spec: str | Path) -> list[str]:
+    """The shard URLs / paths of a shard set (see `resolve_shards`)."""
+    return resolve_shards(spec).urls
+
+
+def iter_shard_samples(path_or_dir: str | Path, *, decode: str = "pil", access: Any = None,
+                       skipped: Optional[list] = None) -> Iterator[dict]:
+    """Yield the samples of a shard set (any form `resolve_shards` takes) in stored order.
 
     Each item: {"__key__", "__shard__", "json": dict, "frames": [PIL.Image] (decode="pil"),
-    [S, S, 3] uint8 arrays (decode="numpy") or JPEG bytes (decode="bytes")}.
+    [S, S, 3] uint8 arrays (decode="numpy") or JPEG bytes (decode="bytes")}. A sample without a readable
+    json is skipped (appended to `skipped` when given, as "shard: key: reason") rather than stopping the read.
+    A local directory without shards yields nothing (the caller says what it expected there).
     """
-    for tar_path in shard_paths(path_or_dir):
-        with tarfile.open(tar_path, "r") as tar:
-            current: Optional[str] = None
-            members: dict[str, bytes] = {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                if key != current and current is not None:
-                    yield _decode_sample(tar_path, current, members, decode)
-                    members = {}
-                current = key
-                members[ext] = tar.extractfile(member).read()
-            if current is not None:
-                yield _decode_sample(tar_path, current, members, decode)
+    local = Path(str(path_or_dir)).expanduser()
+    if local.is_dir() and not shard_paths(local) and not list(local.glob("shards/*.tar")):
+        return
+    ref = resolve_shards(path_or_dir, access)
+    for url in ref.urls:
+        for s in stream_shard(url, access, expected=ref.counts.get(url), sha256=ref.sha256.get(url)):
+            if s.error:
+                logging.getLogger("fvlm.data").warning("%s: sample %s skipped: %s", url, s.key, s.error)
+                if skipped is not None:
+                    skipped.append(f"{url}: {s.key}: {s.error}")
+                continue
+            record = json.loads(s.json_bytes)
+            if decode == "bytes":
+                frames: list = list(s.frames)
+            else:
+                from PIL import Image
+
+                frames = [Image.open(io.BytesIO(b)).convert("RGB") for b in s.frames]
+                if decode == "numpy":
+                    import numpy as np
+
+                    frames = [np.asarray(f) for f in frames]
+            yield {"__key__": s.key, "__shard__": url, "json": record, "frames": frames}
 
 
-def _decode_sample(tar_path: Path, key: str, members: dict[str, bytes], decode: str) -> dict:
-    if "json" not in members:
-        raise DataError(f"{tar_path}: sample {key} has no json member")
-    record = json.loads(members["json"])
-    jpgs = [members[k] for k in sorted(k for k in members if k.endswith(".jpg"))]
-    if decode == "bytes":
-        frames: list = jpgs
-    else:
-        from PIL import Image
+def index_shard(url: str) -> tuple[ShardSample, ...]:
+    """Every sample of one shard, in memory (small sets: bench, tools). Training streams with `stream_shard`."""
+    return tuple(stream_shard(url))
 
-        frames = [Image.open(io.BytesIO(b)).convert("RGB") for b in jpgs]
-        if decode == "numpy":
-            import numpy as np
 
-            frames = [np.asarray(f) for f in frames]
-    return {"__key__": key, "__shard__": str(tar_path), "json": record, "frames": frames}
+def read_record(sample: ShardSample) -> dict:
+    if sample.error:
+        raise DataError(f"{sample.shard}: sample {sample.key}: {sample.error}")
+    return json.loads(sample.json_bytes)
+
+
+def decode_frames(sample: ShardSample, image_size: int):
+    """[T, S, S, 3] uint8 from the sample's JPEGs (T = 0 for text-only); DataError on a wrong size."""
+    import numpy as np
+    from PIL import Image
+
+    frames = []
+    for data in sample.frames:
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        if img.size != (image_size, image_size):
+            raise DataError(f"{sample.shard}: sample {sample.key} has {img.size[0]}x{img.size[1]} frames but the "
+                            f"model reads {image_size}x{image_size}; precompute with that image size or set "
+                            f"model.image_size")
+        frames.append(np.asarray(img))
+    if not frames:
+        return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
+    return np.stack(frames)

@@ -4,11 +4,14 @@
     RUN/checkpoints/latest -> step-000100     (symlink swapped with os.replace: a kill never leaves it broken)
     RUN/checkpoints/best   -> step-000080     (lowest validation metric)
 
-A checkpoint directory is written under a temporary name and renamed into place only when complete.
+A checkpoint directory is written under a temporary name and renamed into place only when complete. A save
+that fails (a full disk, an I/O error) removes its partial `.step-*.tmp` folder and stops with a message naming
+the last good checkpoint; `--resume` uses the newest checkpoint that reads back, saying which it skipped.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -57,13 +60,17 @@ def save(run_dir: Path, step: int, model, tokenizer, run_cfg, state: dict, *, ke
     ck = run_dir / "checkpoints"
     ck.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
+    for stale in ck.glob(".step-*.tmp"):  # left by a killed save: never complete, never pointed to
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = ck / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model_folder(tmp, model, tokenizer, run_cfg.model, run_cfg.media, run_cfg.chat)
-    state = dict(state, step=step, rng=_rng_state(), metric=metric)
-    torch.save(state, tmp / "trainer_state.pt")
-    (tmp / "run_config.yaml").write_text(cfglib.dump(run_cfg))
+    try:
+        save_model_folder(tmp, model, tokenizer, run_cfg.model, run_cfg.media, run_cfg.chat)
+        state = dict(state, step=step, rng=_rng_state(), metric=metric)
+        torch.save(state, tmp / "trainer_state.pt")
+        (tmp / "run_config.yaml").write_text(cfglib.dump(run_cfg))
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a short write as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TrainingError(_save_failure(ck, name, e)) from None
     final = ck / name
     if final.exists():
         shutil.rmtree(final)
@@ -75,6 +82,23 @@ def save(run_dir: Path, step: int, model, tokenizer, run_cfg, state: dict, *, ke
         (ck / "best.json").write_text(json.dumps({"step": step, "metric": metric}))
     _prune(ck, keep_last)
     return final
+
+
+def _save_failure(ck: Path, name: str, e: BaseException) -> str:
+    try:
+        free = shutil.disk_usage(ck).free
+    except OSError:
+        free = -1
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        what = "the disk is full (No space left on device)"
+    else:
+        what = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        if free >= 0:
+            what += f"; {free / 2**20:.0f} MiB free there"
+    good = latest(ck.parent)
+    keep = (f"the last good checkpoint is {good.name} (checkpoints/latest): free space, then rerun with --resume"
+            if good else "no earlier checkpoint exists")
+    return f"could not write checkpoint {name} in {ck}: {what}; removed the partial .{name}.tmp; {keep}"
 
 
 def _read_best(ck: Path):
@@ -106,6 +130,34 @@ def load_state(ckpt: Path) -> dict:
     if not path.exists():
         raise TrainingError(f"{ckpt}: no trainer_state.pt; cannot resume from it")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_for_resume(run_dir: Path) -> tuple[Path, dict, dict, list[tuple[str, str]]]:
+    """(checkpoint, weights, trainer state, [(skipped checkpoint, why)]): the newest checkpoint that reads back.
+
+    `latest` first, then the other step-* folders, newest first. TrainingError when none is readable."""
+    from fvlm_cli.model.build import _read_weights
+
+    ck = run_dir / "checkpoints"
+    candidates = sorted((p for p in ck.glob("step-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+    head = latest(run_dir)
+    if head is not None and head in candidates:
+        candidates.remove(head)
+        candidates.insert(0, head)
+    if not candidates:
+        raise TrainingError(f"--resume: no checkpoint in {ck}")
+    skipped: list[tuple[str, str]] = []
+    for path in candidates:
+        try:
+            weights = _read_weights(path)
+            state = load_state(path)
+            if "step" not in state or "loader" not in state:
+                raise TrainingError("trainer_state.pt lacks the step or the data position")
+            return path, weights, state, skipped
+        except Exception as e:
+            skipped.append((path.name, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"))
+    tried = "; ".join(f"{n}: {why}" for n, why in skipped)
+    raise TrainingError(f"--resume: no readable checkpoint in {ck} ({tried})")
 
 
 def restore_rng(state: dict) -> None:

@@ -79,6 +79,30 @@ class MetricsLogger:
         plot_run(self.run_dir)
 
 
+def truncate_metrics(run_dir: Path, step: int) -> int:
+    """Drop the metrics.jsonl rows after `step` (a resume from checkpoint `step` logs them again). Returns how many."""
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.exists():
+        return 0
+    keep, dropped = [], 0
+    for line in p.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut by the kill
+            dropped += 1
+            continue
+        if rec.get("step", 0) <= step:
+            keep.append(line)
+        else:
+            dropped += 1
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    tmp.replace(p)
+    return dropped
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     p = Path(run_dir) / "metrics.jsonl"
     if not p.exists():

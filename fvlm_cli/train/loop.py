@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -125,11 +126,11 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
             ref_cache = _precompute_reference(ref_model, cfg, tokenizer, run_dir, device)
             ref_model = None
     state = None
-    if resume:
-        from fvlm_cli.model.build import _read_weights
-
-        load_weights(model, _read_weights(ck))
-        state = checkpoint.load_state(ck)
+    if resume:  # the newest checkpoint that reads back (a truncated `latest` falls back to the one before)
+        ck, weights, state, unreadable = checkpoint.load_for_resume(run_dir)
+        load_weights(model, weights)
+        for name, why in unreadable if rank == 0 else ():
+            print(f"checkpoint {name} is unreadable ({why}); resuming from {ck.name}", file=sys.stderr, flush=True)
     model.to(device).train()
     opt = build_optimizer(model, cfg.optim, device)
     sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
@@ -151,8 +152,10 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"][rank])
+        loader.load_state_dict(state["loader"])  # every rank's position: exact, or elastic on another world size
         checkpoint.restore_rng(state)
+        if rank == 0:
+            _resume_notice(run_dir, ck, state, loader)
     start = state["step"] if state else 0
     samples_seen = state["samples_seen"] if state else 0
     skipped = state.get("skipped", 0) if state else 0
@@ -311,6 +314,23 @@ def validate(model, batches, modes, device, ac) -> dict:
     return out
 
 
+def _resume_notice(run_dir, ck, state, loader) -> None:
+    """Say where the run resumes (and whether the data position was mapped elastically); drop the metrics rows
+    after the checkpoint's step, which this run logs again."""
+    from fvlm_cli.train.logger import truncate_metrics
+
+    dropped = truncate_metrics(run_dir, state["step"])
+    line = f"resumed from step {state['step']} ({ck.name})"
+    if dropped:
+        line += f"; dropped {dropped} metrics.jsonl row(s) logged after it"
+    info = loader.resumed or {}
+    if info.get("elastic"):
+        sets = ", ".join(f"{s['set']}: {s['left']} sample(s) of epoch {s['epoch']} left" for s in info["sets"])
+        line += (f"; elastic data resume from {info['from']} to {info['to']}: the rest of the current epoch is "
+                 f"read exactly once, then new epochs ({sets})")
+    print(line, file=sys.stderr, flush=True)
+
+
 def _save(run_dir, step, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, metric):
     loader_state = loader.state_dict()
     if world > 1:
@@ -318,10 +338,14 @@ def _save(run_dir, step, model, tokenizer, cfg, opt, sched, loader, rank, world,
         dist.all_gather_object(states, loader_state)
     else:
         states = [loader_state]
+    error = None
     if rank == 0:
-        checkpoint.save(run_dir, step, model, tokenizer, cfg,
-                        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "loader": states,
-                         "samples_seen": samples_seen, "skipped": skipped},
-                        keep_last=cfg.train.keep_last, metric=metric)
-    if world > 1:
-        dist.barrier()
+        try:
+            checkpoint.save(run_dir, step, model, tokenizer, cfg,
+                            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "loader": states,
+                             "samples_seen": samples_seen, "skipped": skipped},
+                            keep_last=cfg.train.keep_last, metric=metric)
+        except TrainingError as e:
+            error = e
+    if not _all_ok(error is None, next(model.parameters()).device, world):  # every rank stops, none hangs
+        raise error or TrainingError(f"rank 0 could not write checkpoint step-{step:06d}; see its message")

@@ -1,0 +1,131 @@
+"""Resume as a user meets it: a kill after the last checkpoint, a truncated newest checkpoint, a disk that fills up
+during a save. Each resume test proves the resumed process started after the checkpoint step."""
+
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shard_factory import make_samples, write_shards
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shards")
+    write_shards(d / "train", make_samples(n_video=24, size=64), per_shard=3)
+    return d
+
+
+def _args(shards, out, steps, *extra):
+    return [sys.executable, "-m", "fvlm_cli", "train", "-c", str(ROOT / "configs/train/tiny-stage1.yaml"),
+            "--set", f"data.train=[{{path: {shards}/train}}]", "--set", "data.text=[]", "--set", "data.val=null",
+            "--set", "data.batch_size=2", "--set", "data.num_workers=1", "--set", "train.log_every=1",
+            "--set", "train.eval_every=0", "--steps", str(steps), "--out", str(out), *extra]
+
+
+def _metric_steps(run):
+    return [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def first_logged_step(stderr: str, total: int) -> int:
+    """The first `step N/total` console line of a process: where it really started."""
+    m = re.search(rf"^step (\d+)/{total}\b", stderr, re.M)
+    assert m, stderr[-2000:]
+    return int(m.group(1))
+
+
+def _kill_after(p, run: Path, step: int, timeout: float = 300) -> None:
+    """SIGKILL `p` once metrics.jsonl holds `step` (so rows after the last checkpoint exist)."""
+    deadline = time.time() + timeout
+    while True:
+        assert p.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        if (run / "metrics.jsonl").exists() and step in _metric_steps(run):
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+
+
+def test_kill_truncated_latest_resume_from_older_and_metrics_once(shards, tmp_path):
+    run = tmp_path / "run"
+    p = subprocess.Popen(_args(shards, run, 7, "--set", "train.save_every=2"), env=ENV, cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_after(p, run, 5)
+    ck = run / "checkpoints"
+    assert os.readlink(ck / "latest") == "step-000004" and 5 in _metric_steps(run)
+    weights = ck / "step-000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])  # a truncated newest checkpoint
+    r = subprocess.run(_args(shards, run, 7, "--set", "train.save_every=2", "--resume"), env=ENV, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "checkpoint step-000004 is unreadable" in r.stderr and "resuming from step-000002" in r.stderr
+    assert "resumed from step 2 (step-000002)" in r.stderr and "dropped 3 metrics.jsonl row(s)" in r.stderr
+    assert first_logged_step(r.stderr, 7) == 3  # the resumed process started after the checkpoint, not at 1
+    assert _metric_steps(run) == list(range(1, 8))  # each step once
+    assert "Traceback" not in r.stderr
+
+
+def test_disk_full_during_a_save_is_a_user_error(shards, tmp_path, monkeypatch):
+    import torch
+
+    from fvlm_cli.errors import TrainingError
+    from fvlm_cli.train import checkpoint
+    from fvlm_cli.train.loop import load_run_config, train
+
+    real_save = torch.save
+
+    def writer(obj, f, *a, **kw):  # the trainer state of step 4 hits a full disk
+        if isinstance(obj, dict) and obj.get("step") == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(checkpoint.torch, "save", writer)
+    run = tmp_path / "full"
+    cfg = load_run_config(str(ROOT / "configs/train/tiny-stage1.yaml"), [
+        f"data.train=[{{path: {shards}/train}}]", "data.text=[]", "data.val=null", "data.batch_size=2",
+        "data.num_workers=0", "train.steps=6", "train.save_every=2", "train.eval_every=0", f"out_dir={run}"])
+    with pytest.raises(TrainingError) as err:
+        train(cfg, quiet=True)
+    msg = str(err.value)
+    assert "could not write checkpoint step-000004" in msg and "the disk is full" in msg
+    assert "removed the partial .step-000004.tmp" in msg and "the last good checkpoint is step-000002" in msg
+    ck = run / "checkpoints"
+    assert not list(ck.glob(".step-*")) and os.readlink(ck / "latest") == "step-000002"
+    # a torch writer that reports the short write as a RuntimeError (what a full disk really gives) is the same
+    monkeypatch.setattr(checkpoint.torch, "save", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 193536 vs 193424")))
+    with pytest.raises(TrainingError, match=r"could not write checkpoint step-000008 .*RuntimeError: .*unexpected pos"):
+        _save_with(checkpoint, run, cfg)
+    assert not list(ck.glob(".step-*"))
+
+
+def _save_with(checkpoint, run, cfg):
+    import torch
+
+    from fvlm_cli.model.build import build_model
+    from fvlm_cli.model.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    checkpoint.save(run, 8, build_model(cfg.model), load_tokenizer("tiny"), cfg, {}, keep_last=2)
+
+
+def test_no_readable_checkpoint_is_one_line(shards, tmp_path):
+    run = tmp_path / "bad"
+    (run / "checkpoints" / "step-000002").mkdir(parents=True)
+    (run / "checkpoints" / "step-000002" / "model.safetensors").write_bytes(b"junk")
+    (run / "checkpoints" / "latest").symlink_to("step-000002")
+    r = subprocess.run(_args(shards, run, 4, "--resume"), env=ENV, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "no readable checkpoint" in r.stderr and "step-000002" in r.stderr
+    assert "Traceback" not in r.stderr
