@@ -11,11 +11,11 @@ import sys
 
 import typer
 
-from fvlm_cli.commands import bench, caption, compare_modes, config_cmd, dpo, precompute, profile, speedrun, train, upload
+from fvlm_cli.commands import bench, caption, compare_modes, config_cmd, dpo, precompute, profile, serve, speedrun, train, upload
 
 app = typer.Typer(
     name="fvlm",
-    help="Foveated video VLMs (one visual token per frame): precompute, train, dpo, bench, caption, compare-modes, upload.",
+    help="Foveated video VLMs (one visual token per frame): precompute, train, dpo, bench, caption, compare-modes, serve, upload.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -37,6 +37,7 @@ app.command("bench")(bench.bench)
 app.command("caption", epilog=caption.EPILOG)(caption.caption)
 app.command("compare-modes", epilog=compare_modes.EPILOG)(compare_modes.compare_modes)
 app.command("upload")(upload.upload)
+app.command("serve")(serve.serve)
 app.command("speedrun")(speedrun.speedrun)
 app.add_typer(config_cmd.app, name="config")
 app.command("profile")(profile.profile)
@@ -82,8 +83,10 @@ def main() -> None:
 
 def _err(msg: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {msg}")
+    # escaped: a message may hold brackets (pip install 'fvlm[serve]', a list) that rich would read as markup
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}")
 
 
 if __name__ == "__main__":

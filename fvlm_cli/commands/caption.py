@@ -67,6 +67,7 @@ def caption(
         raise FvlmError("--gpus and --batch-size must be at least 1, --workers at least 0")
 
     from rich.console import Console
+    from rich.markup import escape
 
     from fvlm_cli.infer.inputs import resolve
 
@@ -74,7 +75,7 @@ def caption(
 
     def show(rec: dict) -> None:
         if "error" in rec:
-            errc.print(f"[bold red]error:[/] {rec['input']}: {rec['error']}", markup=True)
+            errc.print(f"[bold red]error:[/] {escape(rec['input'])}: {escape(rec['error'])}")
         if "skipped" in rec:
             return
         if json_out:
@@ -112,7 +113,18 @@ def caption(
         errc.print(f"{summary.captioned} captioned, {failed} failed, {len(done)} already in {out_path}"
                    + (f", {summary.skipped} text-only skipped" if summary.skipped else ""), markup=False)
     if failed:
-        raise typer.Exit(2)
+        raise_failed(failed)
+
+
+def raise_failed(failed: int) -> None:
+    """Exit 2 after isolated failures; with --debug an exception instead (its traceback is the point of --debug)."""
+    import os
+
+    if os.environ.get("FVLM_DEBUG") == "1":
+        from fvlm_cli.errors import FvlmError
+
+        raise FvlmError(f"{failed} input(s) failed (see the lines above)")
+    raise typer.Exit(2)
 
 
 def _run(model, device, dtype, units, cfg, writer, done):

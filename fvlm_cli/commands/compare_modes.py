@@ -40,6 +40,7 @@ def compare_modes(
         raise FvlmError(f"--order {order!r}: use video_first or question_first")
 
     from rich.console import Console
+    from rich.markup import escape
 
     from fvlm_cli.eval.compare import compare_modes as run
     from fvlm_cli.model.build import load_model
@@ -47,7 +48,7 @@ def compare_modes(
     errc = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def on_error(rec: dict) -> None:
-        errc.print(f"[bold red]error:[/] {rec['input']}: {rec['error']}")
+        errc.print(f"[bold red]error:[/] {escape(rec['input'])}: {escape(rec['error'])}")
         if json_out:
             typer.echo(json.dumps(rec))
 
@@ -59,7 +60,9 @@ def compare_modes(
     elif report["inputs"]:
         _render(report, out)
     if report["errors"]:
-        raise typer.Exit(2)
+        from fvlm_cli.commands.caption import raise_failed
+
+        raise_failed(len(report["errors"]))
 
 
 def _render(report: dict, out: Path) -> None:

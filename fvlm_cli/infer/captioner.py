@@ -63,6 +63,14 @@ def _error_text(e: BaseException, name: str = "") -> str:
     return text[len(name) + 2:] if name and text.startswith(f"{name}: ") else text
 
 
+def _debug_trace() -> None:
+    """`fvlm --debug`: the traceback of an isolated failure goes to stderr too."""
+    if os.environ.get("FVLM_DEBUG") == "1":
+        import traceback
+
+        traceback.print_exc()
+
+
 class DecodeStream(torch.utils.data.IterableDataset):
     """Decoded inputs of `units` (every worker takes every n-th unit); done inputs are skipped."""
 
@@ -79,6 +87,7 @@ class DecodeStream(torch.utils.data.IterableDataset):
             try:
                 yield Decoded(unit.input, load_clip(unit.path, self.media_cfg, self.image_size), unit.prompt, unit.extra)
             except Exception as e:  # one unreadable file is that file's error record, never the run's
+                _debug_trace()
                 yield Decoded(unit.input, prompt=unit.prompt, extra=unit.extra, error=_error_text(e, unit.path))
 
     def _shard(self, unit: ShardUnit):
@@ -120,6 +129,7 @@ def _records(lm, batch: list[Decoded], g) -> list[dict]:
         raise
     except Exception as e:
         if len(batch) == 1:
+            _debug_trace()
             return [{"input": batch[0].input, **batch[0].extra, "error": f"generation failed: {_error_text(e)}"}]
         return [r for d in batch for r in _records(lm, [d], g)]
     rows = []

@@ -66,22 +66,25 @@ def stop_ids(tokenizer) -> tuple[int, ...]:
     return tuple(sorted(i for i in ids if i is not None and i >= 0))
 
 
-def encode_prompts(lm, prompts: Sequence[str], order: Optional[str] = None):
-    """User prompts -> right-padded ids [B, S], attention mask [B, S], visual positions [B]."""
+def encode_prompts(lm, prompts: Sequence, order: Optional[str] = None):
+    """Prompts -> right-padded ids [B, S], attention mask [B, S], visual positions [B].
+
+    A prompt is a user message (str; None = the model's default prompt) or a whole conversation
+    ([{"role", "content"}...], an optional system message first, ending with a user turn)."""
     order = order or lm.chat.order
     if order not in ("video_first", "question_first"):
         raise FvlmError(f"order {order!r}: use video_first or question_first")
     tok = lm.tokenizer
-    encs = [encode_prompt([{"role": "user", "content": p}], tok, system_prompt=lm.chat.system_prompt, order=order)
-            for p in prompts]
+    convs = [p if isinstance(p, list) else [{"role": "user", "content": p or lm.chat.default_prompt}] for p in prompts]
+    encs = [encode_prompt(c, tok, system_prompt=lm.chat.system_prompt, order=order) for c in convs]
     return pad_text([e.input_ids for e in encs], [e.visual_pos for e in encs], tok.pad_token_id or 0)
 
 
-def generate_clips(lm, clips: Sequence[torch.Tensor], prompts: Sequence[Optional[str]], *, mode: str = "autoregressive",
+def generate_clips(lm, clips: Sequence[torch.Tensor], prompts: Sequence, *, mode: str = "autoregressive",
                    max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                    repetition_penalty: float = 1.0, order: Optional[str] = None, seed: Optional[int] = None,
                    on_step: Optional[Callable[[list], None]] = None) -> list[Generation]:
-    """Decoded clips [T_i, 3, S, S] and one prompt each (None: the model's default) -> one Generation each.
+    """Decoded clips [T_i, 3, S, S] and one prompt each (see `encode_prompts`) -> one Generation each.
 
     `on_step(tokens)` is called after every decoding step with each row's new token id (None once it has stopped).
     """
@@ -92,7 +95,7 @@ def generate_clips(lm, clips: Sequence[torch.Tensor], prompts: Sequence[Optional
     model, tok = lm.model, lm.tokenizer
     dev = model.device
     frames, frame_mask, counts = pad_frames(list(clips))
-    ids, am, vp = encode_prompts(lm, [p or lm.chat.default_prompt for p in prompts], order)
+    ids, am, vp = encode_prompts(lm, prompts, order)
     stops = stop_ids(tok)
     timings: dict = {}
     out = generate_ids(model, frames.to(dev), frame_mask.to(dev), ids.to(dev), am.to(dev),
@@ -102,7 +105,9 @@ def generate_clips(lm, clips: Sequence[torch.Tensor], prompts: Sequence[Optional
     results = []
     for o, n in zip(out, counts):
         text = tok.decode([i for i in o if i not in stops], skip_special_tokens=True).strip()
-        results.append(Generation(text, o, mode, n, timings["seconds"], timings.get("first_token_s", 0.0)))
+        results.append(Generation(text, o, mode, n, timings["seconds"], timings.get("first_token_s", 0.0),
+                                  {"prompt_tokens": int(am[len(results)].sum()) + n,
+                                   "finish_reason": "stop" if o and o[-1] in stops else "length"}))
     return results
 
 
