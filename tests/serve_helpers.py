@@ -22,11 +22,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, *args: str, startup_s: float = 120.0):
+    def __init__(self, *args: str, model: str = "tiny", startup_s: float = 120.0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "fvlm_cli", "serve", "--model", "tiny", "--device", "cpu",
+        self.proc = subprocess.Popen([sys.executable, "-m", "fvlm_cli", "serve", "--model", model, "--device", "cpu",
                                       "--port", str(self.port), *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + startup_s
