@@ -139,7 +139,7 @@ def test_gpus_2_splits_across_two_processes_with_the_same_captions(tree, tmp_pat
     for n in (1, 2):
         out = tmp_path / f"caps{n}.jsonl"
         r = fvlm("caption", str(tree), "--model", "tiny", "--mode", "coarse_only", "--out", str(out),
-                 "--max-new-tokens", "4", "--gpus", str(n), "--device", "cpu", "--workers", "0")
+                 "--max-new-tokens", "4", "--gpus", str(n), "--device", "cpu", "--workers", str(n - 1))
         assert r.returncode == 2, r.stderr  # broken.mp4
         assert "3 captioned, 1 failed" in r.stderr
         outs[n] = {x["input"]: (x["text"], x["frames"]) for x in rows(out)}

@@ -285,7 +285,8 @@ def caption_on_devices(spec: str, devices: list[str], dtype: str, units: list, c
     """Deal `units` round-robin to one spawned process per device; their records come back to `emit` here."""
     ctx = torch.multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_device_main, args=(r, spec, d, dtype, units[r::len(devices)], cfg, done, q), daemon=True)
+    # not daemonic: each device process starts its own DataLoader workers
+    procs = [ctx.Process(target=_device_main, args=(r, spec, d, dtype, units[r::len(devices)], cfg, done, q))
              for r, d in enumerate(devices)]
     for p in procs:
         p.start()
