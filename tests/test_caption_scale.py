@@ -11,7 +11,7 @@ import pytest
 from media_factory import write_image, write_video
 from shard_factory import make_samples, write_shards
 
-from fvlm_cli.infer.inputs import Item, ShardUnit, resolve
+from fvlm_cli.infer.inputs import ShardUnit, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ import torch
 
 from fvlm_cli.errors import FvlmError
 from fvlm_cli.infer.core import clip_tensor, generate_clips, load_clip
-from fvlm_cli.infer.inputs import Item, ShardUnit, shard_input
+from fvlm_cli.infer.inputs import ShardUnit, shard_input
 
 
 @dataclass
