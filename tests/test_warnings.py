@@ -36,6 +36,17 @@ def test_caption_prints_no_future_or_deprecation_warning(clip):
         assert not NOISE.search(r.stderr + r.stdout), r.stderr
 
 
+def test_bench_prints_no_future_or_deprecation_warning(tmp_path):
+    from shard_factory import write_shards
+    from test_bench import mcq_samples
+
+    write_shards(tmp_path / "mcq", mcq_samples(4), per_shard=2)
+    r = fvlm("bench", "synthetic", "--model", "tiny", "--data", str(tmp_path / "mcq"), "--out", str(tmp_path / "o"),
+             "--limit", "2", "--mode", "all", "--method", "both", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert not NOISE.search(r.stderr + r.stdout), r.stderr
+
+
 def test_generation_raises_no_warning_in_process(clip):
     from fvlm_cli import generate, load_model
 
