@@ -50,7 +50,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        return self.proc.stdout.read() if self.proc.stdout else ""
+        if self.proc.stdout is None or self.proc.stdout.closed:
+            return ""
+        with self.proc.stdout:
+            return self.proc.stdout.read()
 
 
 def data_uri(path, mime: str) -> str:
