@@ -89,12 +89,13 @@ def caption(
 
     done = read_done(out_path)
     units = [u for u in found.units if not (hasattr(u, "input") and u.input in done)]
+    already = found.count_done(done)
     from fvlm_cli.progress import Progress
 
     bar = Progress(enabled=progress if progress is not None else out_path is not None, prefix="fvlm caption",
                    unit="captions")
     total = found.known_total
-    bar.add("captions", None if total is None else total + len(found.errors), completed=len(done) if total else 0)
+    bar.add("captions", None if total is None else total + len(found.errors), completed=already if total else 0)
     writer = ResultWriter(out_path, show, bar)
     try:
         for rec in found.errors:
@@ -110,7 +111,7 @@ def caption(
         bar.close()
     failed = summary.failed + len(found.errors)
     if out_path is not None:
-        errc.print(f"{summary.captioned} captioned, {failed} failed, {len(done)} already in {out_path}"
+        errc.print(f"{summary.captioned} captioned, {failed} failed, {already} already in {out_path}"
                    + (f", {summary.skipped} text-only skipped" if summary.skipped else ""), markup=False)
     if failed:
         raise_failed(failed)

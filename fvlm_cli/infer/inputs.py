@@ -63,6 +63,15 @@ class Inputs:
         return n
 
 
+    def count_done(self, done: frozenset) -> int:
+        """How many of these inputs are among `done` (the inputs an --out file already holds)."""
+        if not done:
+            return 0
+        tars = {u.path for u in self.units if isinstance(u, ShardUnit)}
+        files = sum(1 for u in self.units if isinstance(u, Item) and u.input in done)
+        return files + sum(1 for d in done if "#" in d and d.rsplit("#", 1)[0] in tars)
+
+
 def shard_input(tar: str, key: str) -> str:
     return f"{tar}#{key}"
 
