@@ -51,8 +51,10 @@ def main() -> None:
         WebDriverWait(driver, 300).until(
             lambda d: d.find_element("id", "answers").get_attribute("data-state") in ("done", "error"))
         time.sleep(1.0)  # the heatmap image and the latency bars settle
-        height = driver.execute_script("return document.body.scrollHeight")
-        driver.set_window_size(1240, height + 20)
+        for _ in range(2):  # the window grows to the page; the layout settles once more at the new size
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1240, height + 140)  # + the browser's own chrome, even headless
+            time.sleep(0.5)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(args.out)
         print(f"wrote {args.out}")
