@@ -185,3 +185,15 @@ def test_only_serve_imports_the_server_stack():
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
+
+
+def test_a_full_queue_is_503_not_a_hang():
+    from fvlm_cli.serve.engine import Engine
+    from fvlm_cli.serve.protocol import ApiError
+
+    engine = Engine(lm=None, max_queue=2)  # not started: nothing is taken off the queue
+    engine.submit("job 1")
+    engine.submit("job 2")
+    with pytest.raises(ApiError) as e:
+        engine.submit("job 3")
+    assert e.value.status == 503 and e.value.body()["error"]["code"] == "queue_full"
