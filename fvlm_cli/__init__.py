@@ -16,8 +16,11 @@ _LAZY = {
     "build_model": "fvlm_cli.model.build",
     "save_model_folder": "fvlm_cli.model.build",
     "preset": "fvlm_cli.model.build",
-    "generate": "fvlm_cli.model.generate",
-    "caption_media": "fvlm_cli.model.generate",
+    "generate": "fvlm_cli.infer.core",
+    "caption_media": "fvlm_cli.infer.core",
+    "generate_clips": "fvlm_cli.infer.core",
+    "load_clip": "fvlm_cli.infer.core",
+    "Generation": "fvlm_cli.infer.core",
     "load_media": "fvlm_cli.data.media",
 }
 
@@ -28,5 +31,6 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        return getattr(module, "generate" if name == "caption_media" else name)
     raise AttributeError(f"module 'fvlm_cli' has no attribute {name!r}")

@@ -11,12 +11,12 @@ import sys
 
 import typer
 
-from fvlm_cli.commands import bench, caption, compare_modes, config_cmd, dpo, precompute, profile, speedrun, train, upload
-from fvlm_cli.commands import upload_shards
+from fvlm_cli.commands import (bench, caption, compare_modes, config_cmd, dpo, precompute, profile, serve, speedrun, train,
+                               upload, upload_shards)
 
 app = typer.Typer(
     name="fvlm",
-    help="Foveated video VLMs (one visual token per frame): precompute, train, dpo, bench, caption, compare-modes, upload.",
+    help="Foveated video VLMs (one visual token per frame): precompute, train, dpo, bench, caption, compare-modes, serve, upload, upload-shards.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -35,10 +35,11 @@ app.command("precompute")(precompute.precompute)
 app.command("train")(train.train)
 app.command("dpo")(dpo.dpo)
 app.command("bench")(bench.bench)
-app.command("caption")(caption.caption)
-app.command("compare-modes")(compare_modes.compare_modes)
+app.command("caption", epilog=caption.EPILOG)(caption.caption)
+app.command("compare-modes", epilog=compare_modes.EPILOG)(compare_modes.compare_modes)
 app.command("upload")(upload.upload)
 app.command("upload-shards")(upload_shards.upload_shards)
+app.command("serve")(serve.serve)
 app.command("speedrun")(speedrun.speedrun)
 app.add_typer(config_cmd.app, name="config")
 app.command("profile")(profile.profile)
@@ -84,8 +85,10 @@ def main() -> None:
 
 def _err(msg: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {msg}")
+    # escaped: a message may hold brackets (pip install 'fvlm[serve]', a list) that rich would read as markup
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}")
 
 
 if __name__ == "__main__":

@@ -191,6 +191,8 @@ def assign(data: dict, key: str, value: Any) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
+    if not str(path).strip():
+        raise ConfigError("config file path is empty: give a YAML file or a name from `fvlm config list`")
     p = Path(path)
     if not p.exists():
         named = CONFIG_DIR / path
@@ -200,8 +202,12 @@ def read_yaml(path: str | Path) -> dict:
                 break
         else:
             raise ConfigError(f"config file not found: {path} (see `fvlm config list`)")
+    if p.is_dir():
+        raise ConfigError(f"config file {path}: is a directory, not a YAML file")
     try:
         data = yaml.safe_load(p.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read config file ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

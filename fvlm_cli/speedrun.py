@@ -119,7 +119,7 @@ def run_speedrun(out: str | Path = "runs/speedrun", preset: str = "tiny", *, n_v
     # 6. captions
     if not (rec := steps.done("caption")):
         from fvlm_cli.model.build import load_model
-        from fvlm_cli.model.generate import generate
+        from fvlm_cli.infer.core import generate
 
         from fvlm_cli.data import synthetic
         from fvlm_cli.data.sources.synthetic import SPLITS

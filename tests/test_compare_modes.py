@@ -119,6 +119,36 @@ def test_cli_compare_modes_on_a_video(tmp_path):
 
 
 def test_cli_compare_modes_missing_file_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "fvlm_cli", "compare-modes", str(tmp_path / "nope.mp4"), "--model", "tiny"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "fvlm_cli", "compare-modes", str(tmp_path / "nope.mp4"), "--model", "tiny",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "media file not found" in r.stderr and "Traceback" not in r.stderr
+    assert len([x for x in r.stderr.splitlines() if x.startswith("error:")]) == 1
+
+
+def test_library_mixed_inputs_keep_every_good_comparison(lm, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"no video here")
+    img = write_image(tmp_path / "ok.png", size=(64, 64))
+    seen = []
+    rep = compare.compare_modes(lm, [str(bad), str(img), str(tmp_path / "gone.mp4")], out_dir=tmp_path / "out",
+                                max_new_tokens=2, modes=["coarse_only"], progress=False, on_error=seen.append)
+    assert [e["input"] for e in rep["inputs"]] == [str(img)]
+    assert [e["input"] for e in rep["errors"]] == [str(bad), str(tmp_path / "gone.mp4")] and seen == rep["errors"]
+    assert "not a readable video" in rep["errors"][0]["error"] and rep["errors"][1]["error"] == "media file not found"
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert saved["errors"] == rep["errors"] and len(saved["inputs"]) == 1
+
+
+def test_cli_compare_modes_mixed_batch_json(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", fps=8, seconds=2, size=(64, 48))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"no video here")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "fvlm_cli", "compare-modes", str(bad), str(video), "--model", "tiny",
+                        "--out", str(tmp_path / "cmp"), "--max-new-tokens", "2", "--json"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    err, report = [json.loads(x) for x in r.stdout.splitlines()]
+    assert set(err) == {"input", "error"} and err["input"] == str(bad)
+    assert [e["input"] for e in report["inputs"]] == [str(video)] and set(report["inputs"][0]["modes"]) == set(MODES)
+    assert [x for x in r.stderr.splitlines() if x.startswith("error:")] == [f"error: {bad}: {err['error']}"]

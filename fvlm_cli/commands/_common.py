@@ -48,13 +48,3 @@ def print_config(obj) -> None:
 
     typer.echo(config.dump(obj), nl=False)
 
-
-def check_media_args(media, order) -> None:
-    """The checks every media command makes before loading a model: --order valid, every file present."""
-    from fvlm_cli.errors import FvlmError
-
-    if order not in (None, "video_first", "question_first"):
-        raise FvlmError(f"--order {order!r}: use video_first or question_first")
-    for m in media:
-        if not Path(m).exists():
-            raise FvlmError(f"media file not found: {m}")

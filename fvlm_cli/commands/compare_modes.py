@@ -7,11 +7,15 @@ from typing import List, Optional
 
 import typer
 
-from fvlm_cli.commands._common import check_media_args, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt
+from fvlm_cli.commands._common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt
+
+EPILOG = ("Exit status: 0 when every input was compared; 2 when any input could not be read (each is one line on "
+          "stderr and a {\"input\", \"error\"} JSON line with --json; the other inputs are still compared and "
+          "written) or on a usage error; 1 on an internal error.")
 
 
 def compare_modes(
-    media: List[Path] = typer.Argument(..., help="Video or image files."),
+    media: List[str] = typer.Argument(..., help="Video or image files."),
     model: str = ModelOpt,
     reference: Optional[str] = typer.Option(None, "--reference", "-r", help="Reference answer: its loss (mean NLL per token) under each mode."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Question or instruction (default: the model's caption prompt)."),
@@ -29,19 +33,36 @@ def compare_modes(
 
     from fvlm_cli.eval.bench import parse_modes
 
+    from fvlm_cli.errors import FvlmError
+
     modes = parse_modes(mode)
-    check_media_args(media, order)
+    if order not in (None, "video_first", "question_first"):
+        raise FvlmError(f"--order {order!r}: use video_first or question_first")
+
+    from rich.console import Console
+    from rich.markup import escape
 
     from fvlm_cli.eval.compare import compare_modes as run
     from fvlm_cli.model.build import load_model
 
+    errc = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def on_error(rec: dict) -> None:
+        errc.print(f"[bold red]error:[/] {escape(rec['input'])}: {escape(rec['error'])}")
+        if json_out:
+            typer.echo(json.dumps(rec))
+
     lm = load_model(model, device=device, dtype=dtype)
-    report = run(lm, [str(m) for m in media], prompt=prompt, reference=reference, out_dir=out,
-                 max_new_tokens=max_new_tokens, order=order, modes=modes, max_heatmap_frames=max_frames_shown)
+    report = run(lm, list(media), prompt=prompt, reference=reference, out_dir=out, max_new_tokens=max_new_tokens,
+                 order=order, modes=modes, max_heatmap_frames=max_frames_shown, on_error=on_error)
     if json_out:
         typer.echo(json.dumps(report))
-        return
-    _render(report, out)
+    elif report["inputs"]:
+        _render(report, out)
+    if report["errors"]:
+        from fvlm_cli.commands.caption import raise_failed
+
+        raise_failed(len(report["errors"]))
 
 
 def _render(report: dict, out: Path) -> None:

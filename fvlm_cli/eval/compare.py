@@ -138,6 +138,21 @@ def plot_heatmaps(frames: np.ndarray, maps: dict[str, np.ndarray], path: Path, t
     return path
 
 
+def _media_source(m):
+    """A path as a string (MediaError when it does not exist); bytes / PIL images as they are."""
+    if isinstance(m, (str, Path)):
+        if not Path(m).exists():
+            from fvlm_cli.errors import MediaError
+
+            raise MediaError(f"{m}: media file not found")
+        return str(m)
+    return m
+
+
+def _without_name(msg: str, name: str) -> str:
+    return msg[len(name) + 2:] if msg.startswith(f"{name}: ") else msg
+
+
 def _safe_stem(path: str) -> str:
     stem = Path(path).stem or "input"
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:60]
@@ -145,13 +160,17 @@ def _safe_stem(path: str) -> str:
 
 def compare_modes(lm, media: Sequence[str], *, prompt: Optional[str] = None, reference: Optional[str] = None,
                   out_dir: str | Path = "runs/compare", max_new_tokens: int = 64, order: Optional[str] = None,
-                  modes: Sequence[str] = MODES, max_heatmap_frames: int = 16, progress: bool = True) -> dict:
-    """Run every mode on every input (module docstring); returns what compare.json holds."""
-    from fvlm_cli.data.chat import encode_chat, encode_prompt
+                  modes: Sequence[str] = MODES, max_heatmap_frames: int = 16, progress: bool = True,
+                  on_error=None) -> dict:
+    """Run every mode on every input (module docstring); returns what compare.json holds.
+
+    `media`: paths (or bytes / PIL images). An input that cannot be read becomes {"input", "error"} in
+    report["errors"] (and is passed to `on_error` at once); every other input is compared."""
+    from fvlm_cli.data.chat import encode_chat
     from fvlm_cli.errors import FvlmError
-    from fvlm_cli.eval.bench import Bars
-    from fvlm_cli.eval.mcq import stop_ids
-    from fvlm_cli.model.generate import generate_ids, pad_text, prepare_media
+    from fvlm_cli.infer.core import encode_prompts, load_clip, stop_ids
+    from fvlm_cli.model.generate import generate_ids, pad_frames
+    from fvlm_cli.progress import Progress
 
     model, tok = lm.model, lm.tokenizer
     dev = model.device
@@ -160,15 +179,11 @@ def compare_modes(lm, media: Sequence[str], *, prompt: Optional[str] = None, ref
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise FvlmError(f"unknown mode {bad[0]!r}; use {', '.join(MODES)}")
-    for p in media:
-        if not Path(p).exists():
-            raise FvlmError(f"media file not found: {p}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stops, pad = stop_ids(tok), int(tok.pad_token_id or 0)
     user = [{"role": "user", "content": prompt}]
-    enc = encode_prompt(user, tok, system_prompt=lm.chat.system_prompt, order=order)
-    ids, am, vp = (x.to(dev) for x in pad_text([enc.input_ids], [enc.visual_pos], pad))
+    ids, am, vp = (x.to(dev) for x in encode_prompts(lm, [prompt], order))
     ref = None
     if reference is not None:
         ref = encode_chat(user + [{"role": "assistant", "content": reference}], tok, stage=2,
@@ -176,15 +191,22 @@ def compare_modes(lm, media: Sequence[str], *, prompt: Optional[str] = None, ref
     grid = model.encoder.patch_grid(model.image_size)
     was_training = model.training
     model.eval()
-    bars = Bars(progress, prefix="fvlm compare-modes")
+    bars = Progress(progress, prefix="fvlm compare-modes", unit="runs")
     bars.add("inputs x modes", len(media) * len(modes))
     report = {"model": lm.source, "prompt": prompt, "reference": reference, "order": order, "modes": list(modes),
-              "inputs": []}
+              "inputs": [], "errors": []}
     warm = False
     try:
         for k, path in enumerate(media):
             t0 = time.perf_counter()
-            frames, fm, counts = prepare_media([str(path)], lm.media, model.image_size)
+            try:  # an unreadable input is its own error record; the others are still compared
+                frames, fm, counts = pad_frames([load_clip(_media_source(path), lm.media, model.image_size)])
+            except FvlmError as e:
+                report["errors"].append({"input": str(path), "error": _without_name(str(e), str(path))})
+                if on_error is not None:
+                    on_error(report["errors"][-1])
+                bars.advance("inputs x modes", len(modes), failed=len(modes))
+                continue
             decode_s = time.perf_counter() - t0
             frames, fm = frames.to(dev), fm.to(dev)
             if not warm:  # first-call overheads (allocator, kernels) must not be billed to the first mode

@@ -85,9 +85,32 @@ class LLMStream:
 
     def __init__(self, llm: nn.Module, batch_size: int, device: torch.device):
         self.llm = llm
-        self.cache = None
+        self.cache = self.new_cache(llm.config)  # made up front and filled in place: no legacy-cache conversion
         self.kv_valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    _cache_kwargs: dict = {}
+
+    @staticmethod
+    def new_cache(config):
+        """An empty DynamicCache (transformers >= 4.56 takes the config; 4.45-4.55 take nothing)."""
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=config)
+        except TypeError:
+            return DynamicCache()
+
+    @classmethod
+    def cache_kwarg(cls, module: nn.Module) -> str:
+        """The name the LLM's forward takes its cache by: `cache` in transformers 5.x (where `past_key_values`
+        is deprecated with a FutureWarning), `past_key_values` in 4.x."""
+        import inspect
+
+        fn = type(module).forward
+        if fn not in cls._cache_kwargs:
+            cls._cache_kwargs[fn] = "cache" if "cache" in inspect.signature(fn).parameters else "past_key_values"
+        return cls._cache_kwargs[fn]
 
     def step(self, embeds: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """embeds: [B, q, D], valid: [B, q] -> last hidden states [B, q, D]."""
@@ -106,8 +129,7 @@ class LLMStream:
             mask = allowed[:, None]
         pos = self.next_pos[:, None] + valid.long().cumsum(1) - 1
         out = self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos.clamp(min=0),
-                             past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                             use_cache=True, **{self.cache_kwarg(self.llm.model): self.cache})
         self.kv_valid = kv_valid
         self.next_pos = self.next_pos + valid.long().sum(1)
         return out.last_hidden_state

@@ -1,0 +1,319 @@
+"""Dataset-scale captioning: background decoding, batched generation, results appended as they finish.
+
+    units (infer.inputs) -> DecodeStream in DataLoader workers -> batches of `batch_size` -> generate_clips
+                         -> one record per input -> `emit` (ResultWriter: --out JSONL, stdout, failures, progress)
+
+- Decoding runs in `workers` DataLoader processes with `prefetch` clips ready each, so the model does not wait
+  for video decode (`Summary.wait_s` measures how long it did).
+- A bad input is one error record: a decode error comes back from the worker as a record, and a batch whose
+  generation raises is re-run one input at a time, so only the input that fails is lost.
+- `--out FILE.jsonl`: each finished caption is appended (and flushed) at once; a re-run reads the file and skips
+  every input already captioned there (failed inputs are retried). Failures of the run go to FILE.failures.jsonl.
+- `--gpus N`: the units are dealt round-robin to N processes, one per device (spawned; `--device cpu` gives N CPU
+  processes), which send their records back to this process, the only writer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from fvlm_cli.errors import FvlmError
+from fvlm_cli.infer.core import clip_tensor, generate_clips, load_clip
+from fvlm_cli.infer.inputs import ShardUnit, shard_input
+
+
+@dataclass
+class Decoded:
+    input: str
+    clip: Optional[torch.Tensor] = None
+    prompt: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+    error: Optional[str] = None
+    skipped: Optional[str] = None
+
+
+@dataclass
+class Summary:
+    captioned: int = 0
+    failed: int = 0
+    skipped: int = 0
+    wait_s: float = 0.0     # the model's time waiting for decoded inputs
+    model_s: float = 0.0    # time spent generating
+    wall_s: float = 0.0
+
+    def add(self, other: "Summary") -> None:
+        for k in ("captioned", "failed", "skipped", "wait_s", "model_s"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.wall_s = max(self.wall_s, other.wall_s)
+
+
+def _error_text(e: BaseException, name: str = "") -> str:
+    """One line; without the input's own name in front (the record names the input)."""
+    text = str(e) if isinstance(e, FvlmError) else f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    return text[len(name) + 2:] if name and text.startswith(f"{name}: ") else text
+
+
+def _debug_trace() -> None:
+    """`fvlm --debug`: the traceback of an isolated failure goes to stderr too."""
+    if os.environ.get("FVLM_DEBUG") == "1":
+        import traceback
+
+        traceback.print_exc()
+
+
+class DecodeStream(torch.utils.data.IterableDataset):
+    """Decoded inputs of `units` (every worker takes every n-th unit); done inputs are skipped."""
+
+    def __init__(self, units: list, done: frozenset, media_cfg, image_size: int):
+        self.units, self.done, self.media_cfg, self.image_size = units, done, media_cfg, image_size
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        for unit in self.units[wid::n]:
+            if isinstance(unit, ShardUnit):
+                yield from self._shard(unit)
+                continue
+            try:
+                yield Decoded(unit.input, load_clip(unit.path, self.media_cfg, self.image_size), unit.prompt, unit.extra)
+            except Exception as e:  # one unreadable file is that file's error record, never the run's
+                _debug_trace()
+                yield Decoded(unit.input, prompt=unit.prompt, extra=unit.extra, error=_error_text(e, unit.path))
+
+    def _shard(self, unit: ShardUnit):
+        from PIL import Image
+
+        from fvlm_cli.data.shards import iter_shard_samples
+
+        try:
+            for s in iter_shard_samples(unit.path, decode="bytes"):
+                name = shard_input(unit.path, s["__key__"])
+                if name in self.done:
+                    continue
+                rec = s["json"]
+                extra = {"id": rec["id"]} if rec.get("id") is not None else {}
+                if not s["frames"]:
+                    yield Decoded(name, extra=extra, skipped="text-only sample")
+                    continue
+                try:
+                    frames = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in s["frames"]])
+                    is_image = rec.get("media_type") == "image" or (rec.get("media_type") is None and len(frames) == 1)
+                    yield Decoded(name, clip_tensor(frames, self.media_cfg, self.image_size, is_image), extra=extra)
+                except Exception as e:
+                    yield Decoded(name, extra=extra, error=f"cannot decode its frames ({_error_text(e)})")
+        except Exception as e:  # a corrupt or truncated tar: the rest of it is lost, other shards go on
+            yield Decoded(unit.path, error=f"cannot read shard ({_error_text(e)})")
+
+
+def _identity(x):
+    return x
+
+
+def _records(lm, batch: list[Decoded], g) -> list[dict]:
+    """Generate for `batch` (all decoded); on an exception, retry one input at a time so only the culprit fails."""
+    try:
+        outs = generate_clips(lm, [d.clip for d in batch], [d.prompt or g.prompt for d in batch], mode=g.mode,
+                              max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                              repetition_penalty=g.repetition_penalty, order=g.order, seed=g.seed)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        if len(batch) == 1:
+            _debug_trace()
+            return [{"input": batch[0].input, **batch[0].extra, "error": f"generation failed: {_error_text(e)}"}]
+        return [r for d in batch for r in _records(lm, [d], g)]
+    rows = []
+    for d, o in zip(batch, outs):
+        row = {"input": d.input, **d.extra, "mode": o.mode, "text": o.text, "frames": o.frames,
+               "seconds": round(o.seconds, 3), "first_token_s": round(o.first_token_s, 3)}
+        if d.prompt:
+            row["prompt"] = d.prompt
+        rows.append(row)
+    return rows
+
+
+def caption_units(lm, units: list, cfg, emit: Callable[[dict], None], done: frozenset = frozenset()) -> Summary:
+    """Caption every input of `units` not in `done` on one device; `emit` gets one record per input, in input
+    order for files: {"input", "text", ...}, {"input", "error"} or {"input", "skipped"}."""
+    summary = Summary()
+    t_start = time.perf_counter()
+    if not units:
+        return summary
+    workers = max(0, int(cfg.workers))
+    loader = torch.utils.data.DataLoader(DecodeStream(units, done, lm.media, lm.model.image_size), batch_size=None,
+                                         num_workers=workers, prefetch_factor=max(1, cfg.prefetch) if workers else None,
+                                         collate_fn=_identity)
+    pending: list[Decoded] = []
+
+    def flush():
+        ok = [d for d in pending if d.clip is not None]
+        t0 = time.perf_counter()
+        rows = iter(_records(lm, ok, cfg.generate) if ok else [])
+        summary.model_s += time.perf_counter() - t0
+        for d in pending:
+            if d.skipped:
+                rec = {"input": d.input, **d.extra, "skipped": d.skipped}
+                summary.skipped += 1
+            elif d.error:
+                rec = {"input": d.input, **d.extra, "error": d.error}
+            else:
+                rec = next(rows)
+            if "error" in rec:
+                summary.failed += 1
+            elif "text" in rec:
+                summary.captioned += 1
+            emit(rec)
+        pending.clear()
+
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            d = next(it)
+        except StopIteration:
+            break
+        summary.wait_s += time.perf_counter() - t0
+        pending.append(d)
+        if sum(x.clip is not None for x in pending) >= max(1, cfg.batch_size):
+            flush()
+    flush()
+    summary.wall_s = time.perf_counter() - t_start
+    return summary
+
+
+# ---------------------------------------------------------------- one writer
+
+def failures_path(out: Path) -> Path:
+    return out.with_name(out.name[: -len(".jsonl")] + ".failures.jsonl" if out.name.endswith(".jsonl")
+                         else out.name + ".failures.jsonl")
+
+
+def read_done(out: Optional[Path]) -> frozenset:
+    """Inputs already captioned in `out` (a line cut short by a kill is ignored: that input runs again)."""
+    if out is None or not out.exists():
+        return frozenset()
+    done = set()
+    with open(out, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "input" in rec and "text" in rec:
+                done.add(rec["input"])
+    return frozenset(done)
+
+
+class ResultWriter:
+    """Appends captions to `out` as they come, failures to its .failures.jsonl, and tells `show` about each record
+    (the command renders it); advances `progress` (label "captions")."""
+
+    def __init__(self, out: Optional[Path], show: Callable[[dict], None], progress=None):
+        self.out, self.show, self.progress = out, show, progress
+        self._f = self._fail = None
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if out.exists() and out.stat().st_size:
+                with open(out, "rb") as f:  # a run killed mid-line: start on a fresh line
+                    f.seek(-1, os.SEEK_END)
+                    tail = f.read(1)
+                if tail != b"\n":
+                    with open(out, "ab") as f:
+                        f.write(b"\n")
+            self._f = open(out, "a", encoding="utf-8")
+            failures_path(out).unlink(missing_ok=True)
+
+    def __call__(self, rec: dict) -> None:
+        if "text" in rec and self._f is not None:
+            self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._f.flush()
+        if "error" in rec and self.out is not None:
+            if self._fail is None:
+                self._fail = open(failures_path(self.out), "a", encoding="utf-8")
+            self._fail.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._fail.flush()
+        self.show(rec)
+        if self.progress is not None:
+            self.progress.advance("captions", 1, failed=int("error" in rec))
+
+    def close(self) -> None:
+        for f in (self._f, self._fail):
+            if f is not None:
+                f.close()
+
+
+# ---------------------------------------------------------------- several devices
+
+def device_names(device: str, n: int) -> list[str]:
+    """N device names for `--gpus N`: cuda:0..N-1 (auto/cuda), or N times cpu (`--device cpu`)."""
+    if device == "cpu":
+        return ["cpu"] * n
+    if not torch.cuda.is_available():
+        raise FvlmError(f"--gpus {n}: CUDA is not available here (add --device cpu to split across CPU processes)")
+    if torch.cuda.device_count() < n:
+        raise FvlmError(f"--gpus {n}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return [f"cuda:{i}" for i in range(n)]
+
+
+def _device_main(rank: int, spec: str, device: str, dtype: str, units: list, cfg, done: frozenset, q) -> None:
+    try:
+        if device == "cpu":  # N processes share the cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cfg.gpus)))
+        from fvlm_cli.model.build import load_model
+
+        lm = load_model(spec, device=device, dtype=dtype)
+        summary = caption_units(lm, units, cfg, lambda rec: q.put(("rec", rec)), done)
+        q.put(("done", summary))
+    except FvlmError as e:
+        q.put(("fatal", str(e)))
+    except BaseException as e:  # reported by the parent as this device's failure
+        q.put(("fatal", f"device {rank} ({device}): {_error_text(e)}"))
+
+
+def caption_on_devices(spec: str, devices: list[str], dtype: str, units: list, cfg, emit: Callable[[dict], None],
+                       done: frozenset = frozenset()) -> Summary:
+    """Deal `units` round-robin to one spawned process per device; their records come back to `emit` here."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    # not daemonic: each device process starts its own DataLoader workers
+    procs = [ctx.Process(target=_device_main, args=(r, spec, d, dtype, units[r::len(devices)], cfg, done, q))
+             for r, d in enumerate(devices)]
+    for p in procs:
+        p.start()
+    summary, fatal, finished = Summary(), [], 0
+    try:
+        while finished < len(procs):
+            try:
+                kind, payload = q.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if len(dead) + finished >= len(procs) and dead:
+                    fatal.append(f"a device process died (exit code {dead[0].exitcode})")
+                    break
+                continue
+            if kind == "rec":
+                emit(payload)
+            else:
+                finished += 1
+                if kind == "done":
+                    summary.add(payload)
+                else:
+                    fatal.append(payload)
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+    if fatal:
+        raise FvlmError(fatal[0])
+    return summary

@@ -1,0 +1,153 @@
+"""Dataset-scale `fvlm caption`: folders, JSONL/CSV/TXT lists and shard sets; --out append + resume; --gpus N."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from media_factory import write_image, write_video
+from shard_factory import make_samples, write_shards
+
+from fvlm_cli.infer.inputs import ShardUnit, resolve
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fvlm(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fvlm_cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def rows(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """data/a.mp4, data/x/b.png, data/x/y/c.mp4, data/x/broken.mp4, data/notes.txt, data/.hidden/d.mp4"""
+    d = tmp_path_factory.mktemp("tree") / "data"
+    (d / "x" / "y").mkdir(parents=True)
+    (d / ".hidden").mkdir()
+    write_video(d / "a.mp4", seconds=2, fps=8, size=(64, 48))
+    write_image(d / "x" / "b.png", (40, 30))
+    write_video(d / "x" / "y" / "c.mp4", seconds=3, fps=8, size=(64, 48))
+    write_video(d / ".hidden" / "d.mp4", seconds=1, fps=8, size=(64, 48))
+    (d / "x" / "broken.mp4").write_bytes(b"garbage")
+    (d / "notes.txt").write_text("not media\n")
+    return d
+
+
+def test_resolve_folder_is_recursive_sorted_and_skips_hidden_and_non_media(tree):
+    found = resolve([str(tree)])
+    assert [Path(u.path).relative_to(tree).as_posix() for u in found.units] == [
+        "a.mp4", "x/b.png", "x/broken.mp4", "x/y/c.mp4"]
+    assert found.errors == [] and found.known_total == 4
+
+
+def test_resolve_lists(tree, tmp_path):
+    jl = tmp_path / "list.jsonl"
+    jl.write_text("\n".join([
+        json.dumps({"video": str(tree / "a.mp4"), "id": "v1", "prompt": "What moves?"}),
+        "{not json",
+        json.dumps({"caption": "no path here"}),
+        json.dumps({"path": "gone.mp4"}),
+        "",
+    ]))
+    (tmp_path / "rel").mkdir()
+    (tmp_path / "rel" / "b.png").write_bytes((tree / "x" / "b.png").read_bytes())
+    csv = tmp_path / "list.csv"
+    csv.write_text("id,path,question\nc1,rel/b.png,Which colour?\n")
+    txt = tmp_path / "list.txt"
+    txt.write_text(f"# one path per line\n{tree / 'x' / 'y' / 'c.mp4'}\n")
+    found = resolve([str(jl), str(csv), str(txt)])
+    a, b, c = found.units
+    assert (a.input, a.prompt, a.extra) == (str(tree / "a.mp4"), "What moves?", {"id": "v1"})
+    assert (b.path, b.prompt, b.extra) == (str(tmp_path / "rel" / "b.png"), "Which colour?", {"id": "c1"})
+    assert c.path == str(tree / "x" / "y" / "c.mp4") and c.prompt is None
+    errs = {e["input"]: e["error"] for e in found.errors}
+    assert "not a JSON object" in errs[f"{jl}:2"] and "no media path" in errs[f"{jl}:3"]
+    assert errs["gone.mp4"] == "media file not found"
+
+
+def test_resolve_shard_sets(tmp_path):
+    write_shards(tmp_path / "set", make_samples(n_video=3, n_image=1, n_text=2, size=32), per_shard=4)
+    found = resolve([str(tmp_path / "set"), str(tmp_path / "set" / "shard-000001.tar")])
+    assert [type(u) for u in found.units] == [ShardUnit, ShardUnit, ShardUnit]
+    assert [u.samples for u in found.units[:2]] == [4, 2] and found.known_total is None
+
+
+def test_folder_out_resume(tree, tmp_path):
+    out = tmp_path / "caps.jsonl"
+    r = fvlm("caption", str(tree), "--model", "tiny", "--out", str(out), "--max-new-tokens", "3", "--workers", "1")
+    assert r.returncode == 2, r.stderr  # broken.mp4 failed, the rest is captioned
+    first = rows(out)
+    assert sorted(Path(x["input"]).name for x in first) == ["a.mp4", "b.png", "c.mp4"]
+    fails = rows(tmp_path / "caps.failures.jsonl")
+    assert [Path(x["input"]).name for x in fails] == ["broken.mp4"] and "error" in fails[0]
+    assert "captions: 4/4, 1 failed" in r.stderr  # progress: done/total, failed, rate
+    assert "captions/s" in r.stderr
+    # a kill mid-write leaves a partial last line; one caption is lost with it
+    kept = [json.dumps(x) for x in first[:2]]
+    out.write_text("\n".join(kept) + "\n" + json.dumps(first[2])[:25])
+    (tree / "x" / "broken.mp4").rename(tree / "x" / "broken.bak")
+    try:
+        r = fvlm("caption", str(tree), "--model", "tiny", "--out", str(out), "--max-new-tokens", "3")
+    finally:
+        (tree / "x" / "broken.bak").rename(tree / "x" / "broken.mp4")
+    assert r.returncode == 0, r.stderr
+    assert "1 captioned, 0 failed, 2 already" in r.stderr
+    again = [x for x in rows_lenient(out)]
+    assert sorted(Path(x["input"]).name for x in again) == ["a.mp4", "b.png", "c.mp4"]  # no duplicates
+    assert not (tmp_path / "caps.failures.jsonl").exists()
+
+
+def rows_lenient(path):
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def test_shard_set_captions_every_media_sample_and_resumes(tmp_path):
+    samples = make_samples(n_video=3, n_image=1, n_text=2, size=32)
+    write_shards(tmp_path / "set", samples, per_shard=4)
+    out = tmp_path / "caps.jsonl"
+    r = fvlm("caption", str(tmp_path / "set"), "--model", "tiny", "--out", str(out), "--max-new-tokens", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    got = rows(out)
+    assert sorted(x["id"] for x in got) == sorted(s["id"] for s in samples if s["record"]["frame_count"])
+    assert all("#" in x["input"] and x["input"].split("#")[0].endswith(".tar") for x in got)
+    frames = {x["id"]: x["frames"] for x in got}
+    assert frames["image0003"] == 8 and frames["video0000"] == 2  # an image is replicated to 8 frames
+    assert "2 text-only skipped" in r.stderr
+    assert [json.loads(x)["input"] for x in r.stdout.splitlines()] == [x["input"] for x in got]
+    r = fvlm("caption", str(tmp_path / "set"), "--model", "tiny", "--out", str(out), "--max-new-tokens", "2")
+    assert r.returncode == 0 and "0 captioned, 0 failed, 4 already" in r.stderr
+    assert len(rows(out)) == 4
+
+
+@pytest.mark.slow
+def test_gpus_2_splits_across_two_processes_with_the_same_captions(tree, tmp_path):
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"caps{n}.jsonl"
+        r = fvlm("caption", str(tree), "--model", "tiny", "--mode", "coarse_only", "--out", str(out),
+                 "--max-new-tokens", "4", "--gpus", str(n), "--device", "cpu", "--workers", str(n - 1))
+        assert r.returncode == 2, r.stderr  # broken.mp4
+        assert "3 captioned, 1 failed" in r.stderr
+        outs[n] = {x["input"]: (x["text"], x["frames"]) for x in rows(out)}
+    assert outs[1] == outs[2] and len(outs[2]) == 3
+
+
+def test_gpus_without_cuda_is_a_user_error(tree):
+    r = fvlm("caption", str(tree / "a.mp4"), "--model", "tiny", "--gpus", "2")
+    if "CUDA is not available" not in r.stderr:
+        pytest.skip("CUDA present")
+    assert r.returncode == 2 and "--device cpu" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,199 @@
+"""`fvlm serve`: the OpenAI-compatible API with the real `openai` client, streaming, batching, every 4xx."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+import torch
+
+from media_factory import write_image, write_video
+from serve_helpers import ROOT, Server, data_uri, media_message
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve")
+    return {"clip": write_video(d / "clip.mp4", seconds=3, fps=8, size=(64, 48)),
+            "photo": write_image(d / "photo.png", (40, 30))}
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server("--batch-size", "4", "--batch-wait-ms", "400", "--max-body-mb", "1", "--max-media-mb", "0.5",
+               "--max-tokens", "32")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The same tiny model in this process: what the server must answer."""
+    from fvlm_cli import generate, load_model
+
+    torch.set_num_threads(1)
+    lm = load_model("tiny", device="cpu")
+    return lambda path, **kw: generate(lm, [str(path)], "What moves?", **kw)[0]
+
+
+def test_models_and_health(server, client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    h = httpx.get(server.url + "/health").json()
+    assert h["status"] == "ok" and h["model"] == "tiny"
+
+
+def test_openai_client_answers_what_the_model_generates(client, media, reference):
+    resp = client.chat.completions.create(model="tiny", messages=media_message(data_uri(media["clip"], "video/mp4")),
+                                          max_tokens=6, temperature=1.0, seed=3, extra_body={"mode": "coarse_fine"})
+    want = reference(media["clip"], mode="coarse_fine", max_new_tokens=6, temperature=1.0, seed=3)
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == want.text and want.text
+    assert resp.usage.completion_tokens == len(want.token_ids)
+    assert choice.finish_reason == ("stop" if len(want.token_ids) < 6 else "length")
+    assert resp.model_extra["fvlm"]["mode"] == "coarse_fine" and resp.model_extra["fvlm"]["frames"] == 3
+
+
+def test_openai_client_streaming(client, media):
+    kw = dict(model="tiny", messages=media_message(data_uri(media["clip"], "video/mp4")), max_tokens=8,
+              temperature=1.0, seed=5, extra_body={"mode": "autoregressive"})
+    full = client.chat.completions.create(**kw).choices[0].message.content
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert full and "".join(pieces) == full and len(pieces) >= 2  # token by token, not one blob
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_image_by_http_url_and_a_conversation(server, media, http_server):
+    http_server.files["/photo.png"] = media["photo"].read_bytes()
+    msgs = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}] + media_message(http_server.url + "/photo.png", kind="image_url")
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": msgs, "max_tokens": 3, "mode": "coarse_only"},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["fvlm"]["frames"] == 8  # an image is replicated to 8 frames
+    assert http_server.hits["/photo.png"] == 1
+
+
+def test_concurrent_requests_are_batched_and_the_model_never_runs_twice_at_once(server, media):
+    before = httpx.get(server.url + "/health").json()
+    uri = data_uri(media["clip"], "video/mp4")
+    modes = ["coarse_only", "coarse_only", "coarse_only", "autoregressive", "coarse_only", "autoregressive"]
+    results = [None] * len(modes)
+
+    def one(i):
+        results[i] = httpx.post(server.url + "/v1/chat/completions", timeout=180,
+                                json={"messages": media_message(uri), "max_tokens": 4, "mode": modes[i]})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(modes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    assert [r.json()["fvlm"]["mode"] for r in results] == modes
+    texts = {r.json()["choices"][0]["message"]["content"] for r, m in zip(results, modes) if m == "coarse_only"}
+    assert len(texts) == 1  # greedy and batch-invariant: the same answer whatever the batch
+    h = httpx.get(server.url + "/health").json()
+    assert h["requests"] - before["requests"] == 6
+    assert h["batches"] - before["batches"] < 6 and h["largest_batch"] >= 2  # compatible requests shared a batch
+    assert h["most_running_at_once"] == 1
+
+
+def _post(server, body, raw=None):
+    if raw is not None:
+        return httpx.post(server.url + "/v1/chat/completions", content=raw, timeout=60,
+                          headers={"Content-Type": "application/json"})
+    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+
+
+def test_every_bad_request_is_a_4xx_json_error_and_the_server_stays_up(server, media, tmp_path, http_server):
+    clip = data_uri(media["clip"], "video/mp4")
+    http_server.files["/big.mp4"] = b"\0" * (600 * 1024)
+    cases = [
+        ("bad json", None, b"{not json", 400, "bad_json"),
+        ("not an object", [1, 2], None, 400, None),
+        ("no messages", {"messages": []}, None, 400, None),
+        ("no media", {"messages": [{"role": "user", "content": "hi"}]}, None, 400, "media_required"),
+        ("two media", {"messages": [{"role": "user", "content": media_message(clip)[0]["content"] * 2}]}, None, 400, None),
+        ("unreadable media", {"messages": media_message("data:video/mp4;base64," + "QUJD" * 50)}, None, 400,
+         "unreadable_media"),
+        ("bad base64", {"messages": media_message("data:video/mp4;base64,@@@")}, None, 400, "bad_data_uri"),
+        ("unknown mode", {"messages": media_message(clip), "mode": "sideways"}, None, 400, None),
+        ("max_tokens over the cap", {"messages": media_message(clip), "max_tokens": 33}, None, 400, "max_tokens_exceeded"),
+        ("bad temperature", {"messages": media_message(clip), "temperature": "hot"}, None, 400, None),
+        ("local file refused", {"messages": media_message(str(media["clip"]))}, None, 400, "local_files_disabled"),
+        ("unknown part", {"messages": [{"role": "user", "content": [{"type": "audio_url"}]}]}, None, 400, None),
+        ("body too large", None, json.dumps({"messages": media_message("data:video/mp4;base64," + "A" * (1 << 20))}).encode(),
+         413, "body_too_large"),
+        ("media too large", {"messages": media_message(http_server.url + "/big.mp4")}, None, 413, None),
+        ("media url 404", {"messages": media_message(http_server.url + "/missing.mp4")}, None, 400, "media_fetch_failed"),
+    ]
+    for name, body, raw, status, code in cases:
+        r = _post(server, body, raw)
+        assert r.status_code == status, (name, r.text)
+        err = r.json()["error"]
+        assert isinstance(err["message"], str) and err["message"], name
+        if code:
+            assert err["code"] == code, (name, err)
+    assert httpx.get(server.url + "/v1/nope").status_code == 404
+    ok = _post(server, {"messages": media_message(clip), "max_tokens": 2})
+    assert ok.status_code == 200  # still serving
+
+
+def test_openai_client_sees_4xx_as_bad_request(client):
+    with pytest.raises(openai.BadRequestError, match="no image or video"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_local_files_when_allowed(media):
+    s = Server("--allow-local-files")
+    try:
+        r = httpx.post(s.url + "/v1/chat/completions", timeout=120,
+                       json={"messages": media_message("file://" + str(media["photo"]), kind="image_url"), "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["fvlm"]["frames"] == 8
+        r = httpx.post(s.url + "/v1/chat/completions", timeout=60,
+                       json={"messages": media_message(str(media["photo"]) + ".gone"), "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "media_not_found"
+    finally:
+        s.stop()
+
+
+def test_serve_without_the_extra_is_a_user_error(tmp_path):
+    fake = tmp_path / "fastapi"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'fastapi'\", name='fastapi')\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run([sys.executable, "-m", "fvlm_cli", "serve", "--model", "tiny"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "pip install 'fvlm[serve]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_only_serve_imports_the_server_stack():
+    code = ("import sys, fvlm_cli.cli, fvlm_cli.infer.captioner, fvlm_cli.eval.compare; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
+
+
+def test_a_full_queue_is_503_not_a_hang():
+    from fvlm_cli.serve.engine import Engine
+    from fvlm_cli.serve.protocol import ApiError
+
+    engine = Engine(lm=None, max_queue=2)  # not started: nothing is taken off the queue
+    engine.submit("job 1")
+    engine.submit("job 2")
+    with pytest.raises(ApiError) as e:
+        engine.submit("job 3")
+    assert e.value.status == 503 and e.value.body()["error"]["code"] == "queue_full"
