@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 from fvlm_cli.errors import DataError, FvlmError
 from fvlm_cli.eval.settings import BENCHMARKS, BenchConfig
 
-__all__ = ["BenchConfig", "run_bench", "run_config", "resolve_names", "parse_modes", "parse_methods", "Bars"]
+__all__ = ["BenchConfig", "run_bench", "run_config", "resolve_names", "parse_modes", "parse_methods"]
 
 MODES = ("coarse_only", "coarse_fine", "autoregressive")
 METHODS = ("loglik", "generate")
@@ -287,7 +287,3 @@ def run_config(cfg: BenchConfig, *, progress: bool = True) -> dict:
                      max_new_tokens=cfg.max_new_tokens, caption_max_new_tokens=cfg.caption_max_new_tokens,
                      meteor=cfg.meteor, answer_format=cfg.answer_format, val_loss_stage=cfg.val_loss_stage,
                      config=cfglib.to_dict(cfg), progress=progress, ranks=ranks)
-
-
-# Deprecated name kept for eval/compare.py until it imports fvlm_cli.progress.Progress itself.
-from fvlm_cli.progress import Progress as Bars  # noqa: E402
