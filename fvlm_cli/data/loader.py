@@ -62,6 +62,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
@@ -344,8 +345,10 @@ class TrainLoader:
                 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked
             # in order (the default): batch i comes from worker i % W; the loader's state records each worker's
             # cursor and which worker is next, so a restored loader continues with the very next batch
-            dl = StatefulDataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                    pin_memory=self.pin_memory, persistent_workers=False)
+            with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13
+                warnings.filterwarnings("ignore", message=".*set_vital.*")
+                dl = StatefulDataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                        pin_memory=self.pin_memory, persistent_workers=False)
             if self._dl_state is not None:
                 dl.load_state_dict(self._dl_state)
             self._dl = dl
