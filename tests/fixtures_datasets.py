@@ -296,6 +296,38 @@ def build_mvbench(root: Path) -> Path:
     return hf_local_dir(root)
 
 
+def build_mvbench_variant(root: Path, layout: str) -> Path:
+    """Two other ways the same MVBench questions are published.
+
+    "flat-zips": each `video/<src>.zip` packed from inside its folder, so `star.zip` holds
+    `Charades_v1_480/ZS9XR.mp4` (no `star/` prefix), as some mirrors ship them.
+    "video-branch": the Hub's `video` revision (the one lmms-eval downloads): json/ plus the video folders
+    unzipped at the repo root, segments pre-cut (`star/Charades_segment/`, `tvqa/video_fps3_hq_segment/` as
+    mp4 clips), so every row's start/end is ignored."""
+    build_mvbench(root)
+    clip = _template()
+    if layout == "flat-zips":
+        for z in sorted((root / "video").glob("*.zip")):
+            with zipfile.ZipFile(z) as zf:
+                members = {n.split("/", 1)[1]: zf.read(n) for n in zf.namelist()}
+            zip_of(z, members)
+        return root
+    if layout != "video-branch":
+        raise ValueError(layout)
+    shutil.rmtree(root / "video")
+    seq = json.loads((root / "json" / "action_sequence.json").read_text())
+    seq[0]["video"] = "ZS9XR_seg0.mp4"
+    write_json(root / "json" / "action_sequence.json", seq)
+    ep = json.loads((root / "json" / "episodic_reasoning.json").read_text())
+    ep[0]["video"] = f"{MVBENCH_CLIP}.mp4"
+    write_json(root / "json" / "episodic_reasoning.json", ep)
+    for rel in ("star/Charades_segment/ZS9XR_seg0.mp4", "star/Charades_segment/ZS9XR_seg1.mp4",
+                f"tvqa/video_fps3_hq_segment/{MVBENCH_CLIP}.mp4", "vlnqa/nav_0001.mp4", "scene_qa/video/s1.mp4"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(clip, root / rel)
+    return root
+
+
 # --------------------------------------------------------------------------- Video-MME
 
 VIDEO_MME_SCHEMA = pa.schema([(k, pa.string()) for k in (
@@ -422,6 +454,33 @@ def build_mlvu(root: Path) -> Path:
     ])
     videos.put(mlvu / "video" / "1_plotQA" / "movie101_66.mp4")
     videos.put(mlvu / "video" / "4_count" / "count_1.mp4")
+    videos.put(mlvu / "video" / "9_summary" / "sum_1.mp4")
+    return hf_local_dir(root)
+
+
+MLVU_DEV_SCHEMA = pa.schema([("video_name", pa.string()), ("duration", pa.float64()), ("question", pa.string()),
+                             ("candidates", pa.list_(pa.string())), ("answer", pa.string()),
+                             ("task_type", pa.string()), ("question_id", pa.string())])
+
+
+def build_mlvu_dev(root: Path) -> Path:
+    """lmms-eval's sy1998/MLVU_dev: mlvu/test-00000-of-00001.parquet (4 rows: a letter answer, a text answer,
+    an answer that is neither, a video in no zip) and the videos in root-level zips (video_part_1.zip holds
+    the plotQA clip under its video_name path, action_count.zip the count clip under its bare name)."""
+    clip = _template()
+
+    def row(qid, video, task, question, candidates, answer):
+        opts = "\n".join(f"({'ABCD'[i]}) {c}" for i, c in enumerate(candidates))
+        return {"video_name": video, "duration": 246.0, "question": f"{question}\n{opts}", "candidates": candidates,
+                "answer": answer, "task_type": task, "question_id": qid}
+    write_parquet(root / "mlvu" / "test-00000-of-00001.parquet", [
+        row("q0", "1_plotQA/movie101_66.mp4", "plotQA", "What colour is the hat?", ["Red", "Blue", "Green"], "C"),
+        row("q1", "4_count/count_1.mp4", "count", "How many jumps?", ["1", "2", "3", "4"], "4"),
+        row("q2", "4_count/count_1.mp4", "count", "How many cars?", ["1", "2"], "E"),
+        row("q3", "3_ego/ego_9.mp4", "ego", "Where did I put the keys?", ["Desk", "Bag"], "A"),
+    ], MLVU_DEV_SCHEMA)
+    zip_of(root / "video_part_1.zip", {"1_plotQA/movie101_66.mp4": clip})
+    zip_of(root / "action_count.zip", {"count_1.mp4": clip})
     return hf_local_dir(root)
 
 
@@ -431,11 +490,12 @@ OPENVID_COLUMNS = ["video", "caption", "aesthetic score", "motion score", "tempo
                    "camera motion", "frame", "fps", "seconds"]
 
 
-def build_openvid(root: Path) -> Path:
+def build_openvid(root: Path, csv_dir: str = "data/train") -> Path:
     """data/train/OpenVid-1M.csv (4 rows: a.mp4 in OpenVid_part0.zip, b.mp4 in the SPLIT part 1
-    (`OpenVid_part1_partaa` + `_partab`, a zip cut in two), missing.mp4 in no archive, one empty caption)."""
+    (`OpenVid_part1_partaa` + `_partab`, a zip cut in two), missing.mp4 in no archive, one empty caption).
+    `csv_dir="."` puts the CSV at the repo root (where the Aug 2024 re-upload commits may have left it)."""
     clip = _Videos(root).template
-    table = root / "data" / "train" / "OpenVid-1M.csv"
+    table = root / csv_dir / "OpenVid-1M.csv"
     table.parent.mkdir(parents=True, exist_ok=True)
     with open(table, "w", newline="") as f:
         w = csv.writer(f)

@@ -38,6 +38,7 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 class HubStandIn:
     def __init__(self, root: Optional[Path] = None):
         self.repos: dict[str, Path] = {}
+        self.branches: dict[tuple[str, str], Path] = {}
         self.fetched: dict[str, list[str]] = defaultdict(list)
         self.headers: list[dict] = []
         self.root = Path(root) if root is not None else None   # where create_repo puts new repos
@@ -57,8 +58,7 @@ class HubStandIn:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _files(self, repo: str) -> list[str]:
-                root = hub.repos[repo]
+            def _files(self, root: Path) -> list[str]:
                 return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
@@ -68,17 +68,20 @@ class HubStandIn:
                 parts = path.strip("/").split("/")
                 if parts[:2] == ["api", "datasets"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
                     repo = "/".join(parts[2:4])
-                    if repo not in hub.repos:
+                    found = hub.folder(repo, parts[5])
+                    if found is None:
                         return self._json({"error": "Repository not found"}, 404)
-                    files = self._files(repo)
+                    root, sha = found
+                    files = self._files(root)
                     if parts[4] == "revision":
-                        return self._json({"id": repo, "sha": SHA, "siblings": [{"rfilename": f} for f in files]})
-                    root = hub.repos[repo]
+                        return self._json({"id": repo, "sha": sha, "siblings": [{"rfilename": f} for f in files]})
                     return self._json([_tree_entry(root, f) for f in files])
                 if parts[0] == "datasets" and len(parts) >= 6 and parts[3] == "resolve":
                     repo, rel = "/".join(parts[1:3]), "/".join(parts[5:])
-                    file = hub.repos.get(repo, Path("/nonexistent")) / rel
-                    if repo not in hub.repos or not file.is_file():
+                    found = hub.folder(repo, parts[4])
+                    root, sha = found or (Path("/nonexistent"), SHA)
+                    file = root / rel
+                    if found is None or not file.is_file():
                         self.send_response(404)
                         self.send_header("X-Error-Code", "EntryNotFound")
                         self.send_header("Content-Length", "0")
@@ -89,7 +92,7 @@ class HubStandIn:
                     self.send_header("Content-Type", "application/octet-stream")
                     self.send_header("Content-Length", str(len(body)))
                     self.send_header("ETag", f'"{hashlib.sha1(body).hexdigest()}"')
-                    self.send_header("X-Repo-Commit", SHA)
+                    self.send_header("X-Repo-Commit", sha)
                     self.end_headers()
                     if not head:
                         hub.fetched[repo].append(rel)
@@ -109,8 +112,19 @@ class HubStandIn:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def add(self, repo_id: str, folder: Path) -> None:
-        self.repos[repo_id] = Path(folder)
+    def add(self, repo_id: str, folder: Path, revision: str = "main") -> None:
+        """Serve `folder` as `repo_id` at `revision` (a branch name; each branch gets its own commit sha)."""
+        if revision == "main":
+            self.repos[repo_id] = Path(folder)
+        self.branches[(repo_id, revision)] = Path(folder)
+
+    def folder(self, repo_id: str, revision: str):
+        """(folder, commit sha) that `revision` (a branch name or its sha) of `repo_id` names, else None."""
+        for (repo, branch), folder in self.branches.items():
+            sha = SHA if branch == "main" else hashlib.sha1(branch.encode()).hexdigest()
+            if repo == repo_id and revision in (branch, sha):
+                return folder, sha
+        return None
 
     def repo(self, repo_id: str) -> Path:
         return self.repos[repo_id]

@@ -210,7 +210,8 @@ def test_mvbench_maps_tasks_to_zip_members_and_answers_to_letters(roots):
     with pytest.raises(DataError, match="unknown task"):
         run("mvbench", root, split="nope")
     assert len(mvbench.TASKS) == 20 and mvbench.TASKS["egocentric_navigation"][0].path == "vlnqa"
-    assert mvbench.allow_patterns(["scene_transition"]) == ["json/*", "video/scene_qa.zip", "video/data0613.zip"]
+    assert mvbench.allow_patterns(["scene_transition"]) == ["json/*", "video/scene_qa.zip", "video/data0613.zip",
+                                                            "scene_qa/video/*"]
 
 
 def test_mvbench_task_file_that_is_not_a_list_is_malformed(tmp_path):
@@ -251,6 +252,18 @@ def test_pope_is_yes_no_mcq_clustered_by_image(roots):
     assert "neither yes nor no" in samples[4].error
     assert [s.id for s in run("pope", root, split="adversarial")] == ["adversarial-1", "adversarial-2"]
     assert [s.id for s in run("pope", root, split="random")] == ["random-1", "random-2"]  # no Full/random: filtered
+
+
+def test_pope_copy_of_the_full_config_only_is_read_whole(tmp_path):
+    root = fx.build_pope(tmp_path / "d")
+    fx.write_parquet(root / "Full" / "random-00000-of-00001.parquet", [
+        {"id": "9", "question_id": "1", "question": "Is there a cat in the image?", "answer": "no",
+         "image_source": "COCO_val2014_000000000042", "image": fx.img(), "category": "random"}], fx.POPE_SCHEMA)
+    import shutil
+    shutil.rmtree(root / "data")
+    samples = run("pope", root)
+    assert [(s.id, s.extra["answer"]) for s in samples] == [("adversarial-1", "A"), ("adversarial-2", "B"),
+                                                            ("random-1", "B")]
 
 
 def test_pope_file_that_is_not_parquet_is_malformed(tmp_path):

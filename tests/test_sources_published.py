@@ -117,6 +117,7 @@ def test_local_copy_and_hub_id_give_the_expected_samples(name, tmp_path, hub):
     assert {k: (v["input"], v["reason"]) for k, v in remote[1].items()} == \
            {k: (v["input"], v["reason"]) for k, v in local[1].items()}
     assert hub.fetched[repo], "the Hub path downloads through the stand-in"
+    assert not any("9_summary" in f and f.endswith(".mp4") for f in hub.fetched[repo])  # never read: not fetched
 
 
 def test_video_mme_keeps_the_fields_bench_reports_by(tmp_path):
@@ -136,6 +137,52 @@ def test_mvbench_windows_are_applied_and_recorded(tmp_path):
     seg = records["object_interaction-0000"]  # a pre-cut segment: read whole, its start/end ignored
     assert "window" not in seg.get("meta", {}) and seg["timestamps"] == [0.5, 1.5]
     assert records["egocentric_navigation-0000"]["category"] == "egocentric_navigation"
+
+
+def test_mvbench_zips_packed_without_their_folder_are_found(tmp_path):
+    root = fx.build_mvbench_variant(tmp_path / "d", "flat-zips")
+    records, rows, _ = run("mvbench", root, tmp_path / "o", tmp_path / "c")
+    check("mvbench", records, rows)
+    assert records["action_sequence-0000"]["meta"]["window"] == [0.25, 1.75]
+
+
+def check_mvbench_video_revision(records: dict, rows: dict) -> None:
+    want, want_fail = EXPECTED["mvbench"]
+    check("mvbench", records, rows, ({**want, "action_sequence-0000": (2, "B")},
+                                     {**want_fail, "scene_transition-0002": ("scene_qa/video/s3.mp4",
+                                                                             "is in no video/*.zip and no folder")}))
+    assert all("window" not in r.get("meta", {}) for r in records.values())
+    assert records["episodic_reasoning-0000"]["timestamps"] == [0.5, 1.5]  # an mp4 segment, not frames
+
+
+def test_mvbench_video_revision_reads_the_pre_cut_segments_whole(tmp_path, hub):
+    """The `video` revision (lmms-eval's): folders at the root, clips pre-cut, so no window is applied; a Hub
+    id fetches it with `--set revision=video` (main stays the default)."""
+    video = fx.build_mvbench_variant(tmp_path / "video", "video-branch")
+    check_mvbench_video_revision(*run("mvbench", video, tmp_path / "o1", tmp_path / "c")[:2])
+    hub.add("OpenGVLab/MVBench", fx.build_mvbench(tmp_path / "main"))
+    hub.add("OpenGVLab/MVBench", video, revision="video")
+    check_mvbench_video_revision(*run("mvbench", None, tmp_path / "o", tmp_path / "c", extra={"revision": "video"})[:2])
+    assert (tmp_path / "c" / "OpenGVLab--MVBench@video" / "star" / "Charades_segment").is_dir()
+    check("mvbench", *run("mvbench", None, tmp_path / "o2", tmp_path / "c")[:2])  # the default is still main
+    assert (tmp_path / "c" / "OpenGVLab--MVBench@video" / "star" / "Charades_segment").is_dir()
+    main = run("mvbench", None, tmp_path / "o2", tmp_path / "c")  # the default is still main
+    check("mvbench", *main[:2])
+
+
+def test_mlvu_reads_lmms_evals_parquet_copy_locally_and_by_hub_id(tmp_path, hub):
+    root = fx.build_mlvu_dev(tmp_path / "d")
+    want = ({"q0": (2, "C"), "q1": (2, "D")},
+            {"q2": (None, "neither an option letter nor one of the candidates"),
+             "q3": ("3_ego/ego_9.mp4", "video 3_ego/ego_9.mp4 is in no *.zip")})
+    records, rows, _ = run("mlvu", root, tmp_path / "o1", tmp_path / "c")
+    check("mlvu", records, rows, want)
+    assert records["q0"]["question"] == "What colour is the hat?" and records["q0"]["category"] == "plotQA"
+    hub.add("sy1998/MLVU_dev", root)
+    remote = run("mlvu", "sy1998/MLVU_dev", tmp_path / "o2", tmp_path / "c")
+    check("mlvu", *remote[:2], want)
+    only = run("mlvu", root, tmp_path / "o3", tmp_path / "c", split="4_count")
+    assert sorted(list(only[0]) + list(only[1])) == ["q1", "q2"]
 
 
 def test_cauldron_multi_image_rows_are_one_sample_with_every_turn(tmp_path):
@@ -196,6 +243,16 @@ def test_hub_defaults_fetch_a_documented_subset(tmp_path, hub):
     records, rows, _ = run("openvid", None, tmp_path / "o2", tmp_path / "c2")  # default: part 0 only
     assert list(records) == ["a"] and list(rows) == ["c"]
     assert sorted(hub.fetched["nkp37/OpenVid-1M"]) == ["OpenVid_part0.zip", "data/train/OpenVid-1M.csv"]
+
+
+def test_openvid_csv_at_the_repo_root_is_read_locally_and_fetched(tmp_path, hub):
+    root = fx.build_openvid(tmp_path / "d", csv_dir=".")
+    local = run("openvid", root, tmp_path / "o1", tmp_path / "c1")
+    check("openvid", *local[:2])
+    hub.add("nkp37/OpenVid-1M", root)
+    remote = run("openvid", None, tmp_path / "o2", tmp_path / "c2", extra={"parts": "all"})
+    check("openvid", *remote[:2])
+    assert "OpenVid-1M.csv" in hub.fetched["nkp37/OpenVid-1M"]
 
 
 def test_a_pattern_list_that_misses_the_archives_is_caught(tmp_path, hub, monkeypatch):

@@ -125,7 +125,7 @@ class Member:
         return Path(self.name).suffix.lower()
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=32)  # Video-MME ships 20 videos_chunked_NN.zip: keep each open once per process
 def _zip(parts: tuple[str, ...]) -> zipfile.ZipFile:
     """An open ZipFile per archive and process (reading the central directory once, not per sample)."""
     try:

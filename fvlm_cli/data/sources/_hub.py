@@ -2,7 +2,8 @@
 
 - `resolve_root`: the `--input` is a local folder/file in the dataset's published layout, or a Hub dataset id
   fetched once with `huggingface_hub.snapshot_download(allow_patterns=...)` into `opts.cache_dir`; both are
-  then read by the same code (archives in place, see `fvlm_cli.data.archives`).
+  then read by the same code (archives in place, see `fvlm_cli.data.archives`). `--set revision=NAME`
+  fetches another branch or commit (MVBench's `video` branch, the one lmms-eval reads).
 - Readers: parquet row dicts (batched, so a 100 GB dataset never sits in memory) and JSON / JSONL records.
 - `image_cell`: the HF `Image` feature as parquet stores it (`{"bytes", "path"}`), passed through undecoded.
 - MCQ formatting: lettered options, the prompt every benchmark source writes, and the §3.2 MCQ extra keys.
@@ -73,11 +74,13 @@ def fetch_hub_dataset(
     local_missing: bool = False,
 ) -> Path:
     base = Path(opts.cache_dir or DEFAULT_CACHE).expanduser()
-    local_dir = base / repo_id.replace("/", "--")
+    revision = str(opts.extra.get("revision") or "").strip() or None  # `--set revision=video`: a branch or commit
+    local_dir = base / (repo_id.replace("/", "--") + (f"@{revision.replace('/', '--')}" if revision else ""))
     try:
         root = _snapshot_download(
             repo_id=repo_id,
             repo_type="dataset",
+            revision=revision,
             allow_patterns=list(allow_patterns) if allow_patterns else None,
             local_dir=str(local_dir),
         )

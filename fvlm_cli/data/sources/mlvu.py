@@ -6,6 +6,12 @@ Published layout: `MLVU/json/<n>_<task>.json` (`1_plotQA`, `2_needle`, `3_ego`, 
 and the videos in `MLVU/video/<n>_<task>/<video>`. The input may be the repo root or its `MLVU/` folder.
 The generation tasks (`8_sub_scene`, `9_summary`) have no candidates and are not read. `opts.split` names
 task files ("1_plotQA,4_count"); category = question_type (the task), cluster = the video.
+
+lmms-eval's copy (`--input sy1998/MLVU_dev`, or a local copy of it) is read too: `mlvu/test-*.parquet` with
+  video_name, duration, question (the options follow on later lines), candidates, answer (a letter, or the
+  text of a candidate), task_type, question_id
+and the videos in root-level zips (`video_part_N.zip`, `action_count.zip`, ...) read in place, a member
+found by the `video_name` path or, failing that, by its file name; unzipped files under the root work too.
 """
 
 from __future__ import annotations
@@ -22,12 +28,29 @@ KIND_DEFAULT = "mcq"
 HUB_REPO = "MLVU/MVLU"
 
 GENERATION_TASKS = ("8_sub_scene", "9_summary")
+MCQ_TASKS = ("1_plotQA", "2_needle", "3_ego", "4_count", "5_order", "6_anomaly_reco", "7_topic_reasoning")
+
+
+DEV_PARQUET_REPO = "sy1998/MLVU_dev"  # lmms-eval's mlvu_dev
+_DEV_COLUMNS = ["video_name", "duration", "question", "candidates", "answer", "task_type", "question_id"]
+
+
+def allow_patterns(tasks: list[str]) -> list[str]:
+    """The task files and the named tasks' video folders (the seven multiple-choice ones by default: the
+    generation tasks' videos are never read, so never fetched)."""
+    return ["MLVU/json/*", *(f"MLVU/video/{t}/*" for t in (tasks or MCQ_TASKS))]
 
 
 def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSample]:
     wanted = _hub.selectors(opts.split)
-    videos = [f"MLVU/video/{t}/*" for t in wanted] if wanted else ["MLVU/video/*"]
-    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=["MLVU/json/*", *videos])
+    patterns = ["mlvu/*.parquet", "*.zip"] if input == DEV_PARQUET_REPO else allow_patterns(wanted)
+    root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=patterns)
+    parquet = [root] if root.suffix == ".parquet" else (
+        [] if (root / "MLVU" / "json").is_dir() or (root / "json").is_dir()
+        else _hub.glob_files(root, ["mlvu/*.parquet", "*.parquet"]))
+    if parquet:
+        base = root.parent.parent if root.is_file() else root
+        return _hub.take(_dev_samples(base, parquet, {w.split("_", 1)[-1] for w in wanted}), opts.limit)
     if (root / "MLVU" / "json").is_dir():
         root = root / "MLVU"
     if not (root / "json").is_dir():
@@ -64,3 +87,50 @@ def _sample(root: Path, task: str, id: str, row: dict) -> RawSample:
         media_kind="video",
         extra=extra,
     )
+
+
+def _dev_samples(root: Path, files: list[Path], tasks: set[str]) -> Iterator[RawSample]:
+    """lmms-eval's MLVU_dev parquet rows; `tasks` filters task_type ("plotQA" or "1_plotQA" both name it)."""
+    from fvlm_cli.data import archives
+
+    members: dict[str, object] = {}
+    for name, member in archives.index_zips(_hub.zip_archives(root, ["*.zip"])).items():
+        if not member.is_dir:
+            members.setdefault(name, member)
+            members.setdefault(Path(name).name, member)
+    n = 0
+    for path in files:
+        for row in _hub.iter_parquet(path, _DEV_COLUMNS, required=["video_name", "question", "candidates", "answer"]):
+            task = str(row.get("task_type") or "unknown")
+            if tasks and task not in tasks:
+                continue
+            id = str(row.get("question_id") or f"row-{n:05d}")
+            n += 1
+            try:
+                yield _dev_sample(root, members, id, task, row)
+            except _hub.BAD_ROW as e:
+                yield _hub.error_sample(id, NAME, KIND_DEFAULT, _hub.row_error(e), getattr(e, "label", None))
+
+
+def _dev_sample(root: Path, members: dict, id: str, task: str, row: dict) -> RawSample:
+    candidates = [str(c) for c in _hub.need(row, "candidates")]
+    answer = str(_hub.need(row, "answer")).strip()
+    letter = answer.strip("()").upper()
+    if len(letter) == 1 and letter in _hub.LETTERS[: len(candidates)]:
+        index = _hub.LETTERS.index(letter)
+    elif answer in candidates:
+        index = candidates.index(answer)
+    else:
+        raise ValueError(f"answer {answer!r} is neither an option letter nor one of the candidates")
+    video = str(_hub.need(row, "video_name"))
+    media = members.get(video) or members.get(Path(video).name)
+    if media is None:
+        if not (root / video).is_file():
+            raise _hub.MissingMedia(f"video {video} is in no *.zip and not under the root", video)
+        media = str(root / video)
+    question = str(_hub.need(row, "question")).strip().split("\n")[0]  # the options follow: ours are re-lettered
+    extra = {"task": task}
+    if row.get("duration") is not None:
+        extra["duration"] = row["duration"]
+    return _hub.mcq_sample(id=id, source=NAME, question=question, options=candidates, answer_index=index,
+                           category=task, cluster=video, media=media, media_kind="video", extra=extra)

@@ -3,7 +3,10 @@
 Published layout: `json/<task>.json` (a list of {video, question, candidates, answer[, start, end]}, answer
 being the text of one candidate) and the videos as `video/<src>.zip` archives (`star.zip`, `clevrer.zip`,
 `tvqa.zip`, `vlnqa.zip`, ... members `<src>/<sub>/<file>`, e.g. `star/Charades_v1_480/ZS9XR.mp4`), read in
-place from a local copy and from a Hub id alike; unzipped folders under `video/` (or the root) work too.
+place from a local copy and from a Hub id alike (a zip packed from inside its folder, `star.zip` holding
+`Charades_v1_480/...`, is found too); unzipped folders under `video/` or at the root work too, which is how
+the Hub's `video` revision (the one lmms-eval downloads; `--set revision=video`) ships them, with pre-cut
+segments.
 Every task reads its videos from one folder, as the official evaluation maps them (all 20, egocentric
 navigation = `vlnqa/`). The original layout keeps whole videos with a `start`/`end` window in seconds
 (`star/Charades_v1_480`, `sta/sta_video`) and TVQA as 3 fps frame folders (`tvqa/frames_fps3_hq/<clip>/`);
@@ -87,11 +90,14 @@ def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSampl
 
 
 def allow_patterns(tasks: list[str]) -> list[str]:
-    """The task files and the zips holding the named tasks' videos (all zips when no task is named)."""
+    """The task files, the zips holding the named tasks' videos (all zips when no task is named), and their
+    video folders as the `video` revision ships them unzipped at the root (absent on main: nothing more)."""
+    folders = sorted({f.path for t in (tasks or TASKS) for f in TASKS[t]})
+    unzipped = [f"{folder}/*" for folder in folders]
     if not tasks:
-        return ["json/*", "video/*.zip"]
-    sources = sorted({f.path.split("/")[0] for t in tasks for f in TASKS[t]})
-    return ["json/*", *(f"video/{src}.zip" for src in sources), "video/data0613.zip"]
+        return ["json/*", "video/*.zip", *unzipped]
+    sources = sorted({folder.split("/")[0] for folder in folders})
+    return ["json/*", *(f"video/{src}.zip" for src in sources), "video/data0613.zip", *unzipped]
 
 
 # Local copies keep video/<folder>; lmms-eval-style extraction puts <folder> at the root; some mirrors
@@ -104,7 +110,14 @@ class _Finder:
 
     def __init__(self, root: Path):
         self.root = root
-        self.members = archives.index_zips(_hub.zip_archives(root, ["video/*.zip", "*.zip"]))
+        zips = _hub.zip_archives(root, ["video/*.zip", "*.zip"])
+        self.members = archives.index_zips(zips)
+        # A zip packed from inside its folder (`star.zip` holding `Charades_v1_480/...` rather than
+        # `star/Charades_v1_480/...`): its members are found under `<zip name>/` as well.
+        for name, member in list(self.members.items()):
+            stem = Path(member.parts[0]).stem
+            if not name.startswith(f"{stem}/"):
+                self.members.setdefault(f"{stem}/{name}", member)
 
     def locate(self, task: str, video: str):
         for folder in TASKS[task]:

@@ -1,6 +1,7 @@
 """`openvid`: OpenVid-1M, detailed video captions (stage 1 / stage 3 captioning).
 
-Published layout (nkp37/OpenVid-1M): `data/train/OpenVid-1M.csv` (and `OpenVidHD.csv`) with the columns
+Published layout (nkp37/OpenVid-1M): `data/train/OpenVid-1M.csv` (and `OpenVidHD.csv`; a copy at the repo
+root is read too) with the columns
 `video, caption, aesthetic score, motion score, temporal consistency score, camera motion, frame, fps,
 seconds`, and the videos in `OpenVid_partN.zip` archives at the repo root, some parts shipped SPLIT as
 `OpenVid_partN_partaa` + `OpenVid_partN_partab` (meant for `cat` into one zip). Members are looked up by file
@@ -48,7 +49,9 @@ def _parts(opts: SourceOptions, hub: bool) -> Optional[list[str]]:
 def allow_patterns(parts: Optional[list[str]]) -> list[str]:
     archives_ = ["OpenVid_part*"] if parts is None else [
         p for n in parts for p in (f"OpenVid_part{n}.zip", f"OpenVid_part{n}_part??")]
-    return ["data/train/*.csv", *archives_]
+    # The CSVs sit in data/train/ (the card's layout); commits of Aug 2024 re-uploaded them, so a root
+    # copy is fetched too when that is where they are.
+    return ["data/train/*.csv", "OpenVid*.csv", *archives_]
 
 
 def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSample]:
@@ -90,6 +93,10 @@ def find_csv(root: Path, split: Optional[str]) -> Path:
         files = [p for p in files if split.lower() in p.stem.lower()]
     elif any(p.name == DEFAULT_CSV for p in files):
         files = [p for p in files if p.name == DEFAULT_CSV]
+    by_name = {}
+    for p in sorted(files, key=lambda p: (len(p.relative_to(root).parts), p.as_posix())):
+        by_name.setdefault(p.name, p)  # the same CSV at the root and in data/train/: the shallower one
+    files = list(by_name.values())
     if len(files) != 1:
         found = ", ".join(p.name for p in files[:8]) or "none"
         hint = "" if split else "; pick one with --split (a part of its name) or give the CSV path"

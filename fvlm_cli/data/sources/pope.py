@@ -4,7 +4,8 @@ Published layout: default config `data/test-XXXXX-of-YYYYY.parquet`, and the sam
 strategy in config `Full/{adversarial,popular,random}-*.parquet`; columns
   id, question_id, question, answer (yes|no), image_source, image ({bytes, path}), category
 Only one config is read, so no question counts twice: `data/` by default, `opts.split` picks categories
-("adversarial" or "popular,random") from `Full/` when present, else filters `data/`. Each question is a
+("adversarial" or "popular,random") from `Full/` when present, else filters `data/`; a copy holding only
+`Full/` is read whole (adversarial, popular, random) when no category is named. Each question is a
 two-option MCQ, options ["yes", "no"], answer A for yes and B for no; category = POPE category,
 cluster = image_source (the COCO image, asked about several times).
 """
@@ -39,10 +40,11 @@ def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSampl
         per_cat = {c: _hub.glob_files(root, [f"Full/{c}-*.parquet"]) for c in cats}
         if cats and all(per_cat.values()):
             files = [f for c in cats for f in per_cat[c]]
-        else:
-            files = _hub.glob_files(root, ["data/*.parquet"]) or _hub.glob_files(root, ["*.parquet"])
+        else:  # the default config; a copy holding only the Full config reads it whole (the same 9,000 rows)
+            files = (_hub.glob_files(root, ["data/*.parquet"]) or _hub.glob_files(root, ["*.parquet"])
+                     or [f for c in CATEGORIES for f in _hub.glob_files(root, [f"Full/{c}-*.parquet"])])
     if not files:
-        raise DataError(f"pope: no data/*.parquet under {root}")
+        raise DataError(f"pope: no data/*.parquet (or Full/<category>-*.parquet) under {root}")
     return _hub.take(_samples(files, set(cats)), opts.limit)
 
 
