@@ -401,7 +401,8 @@ class TrainLoader:
             raise TrainingError(f"data loader state was saved with shard sets {states[0].get('sets')}, this run has "
                                 f"{names}: resume with the same data.train / data.text lists")
         exact = (len(states) == self.dataset.world and states[0].get("world_size") == self.dataset.world
-                 and states[0].get("num_workers") == self.num_workers)
+                 and states[0].get("num_workers") == self.num_workers
+                 and all("dataloader" in s for s in states))  # saved before StatefulDataLoader: map elastically
         if not isinstance(state, list):
             mine = {"num_workers": self.num_workers, "rank": self.dataset.rank, "world_size": self.dataset.world}
             for key, value in mine.items():
