@@ -106,3 +106,14 @@ def test_same_shape_from_all_ranks_states_is_exact(samples_dir, tok):
     resumed.close()
     for a, b in zip(tail, ref[4:]):
         assert a["ids"] == b["ids"] and torch.equal(a["frames"], b["frames"])
+
+
+def test_a_state_without_the_dataloader_part_resumes_elastically(samples_dir, tok):
+    """States saved before the loader kept StatefulDataLoader's part still resume: every rest sample once."""
+    d, all_ids = samples_dir
+    cfg = _cfg(d)
+    head, states = _run(cfg, tok, 2, 1, batches=2)
+    for st in states:
+        del st["dataloader"]
+    tail, _ = _run(cfg, tok, 2, 1, states=states)
+    assert Counter(head + tail) == Counter(all_ids)

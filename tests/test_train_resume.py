@@ -57,6 +57,7 @@ def _kill_after(p, run: Path, step: int, timeout: float = 300) -> None:
     p.wait()
 
 
+@pytest.mark.slow
 def test_kill_truncated_latest_resume_from_older_and_metrics_once(shards, tmp_path):
     run = tmp_path / "run"
     p = subprocess.Popen(_args(shards, run, 7, "--set", "train.save_every=2"), env=ENV, cwd=ROOT,

@@ -41,12 +41,12 @@ ranks x workers, block shuffles, cursors) and the elastic-resume plan.
   its batch).
 - DPO loaders (dpo=True) read only `data.train`: text retention is an SFT notion.
 
-Exact resume: each batch carries its reader's cursor (per-set epoch / block start / position, mixture draw
-count); the loader keeps the latest cursor per worker and the number of batches delivered. A torch DataLoader
-over an IterableDataset hands out batches round-robin over its workers, so after n batches worker slot w plays
-the role of worker (w + n) mod W on restore, from that role's cursor: the next batch is the one the
-uninterrupted loader would have produced, with no replay of earlier samples. That needs the same
-data.num_workers and world size; with other ones, `load_state_dict(all ranks' states)` resumes elastically.
+Exact resume: torchdata's `StatefulDataLoader` keeps each worker's state (its cursor: per-set epoch / block
+start / position, mixture draw count; `ShardMixture.state_dict`) and which worker hands out the next batch
+(in-order round robin); restored, the next batch is the one the uninterrupted loader would have produced, with
+no replay of earlier samples. That needs the same data.num_workers and world size. Each batch also carries its
+cursor in-band, so the loader knows every worker's position (counters, the trace, and elastic resume:
+`load_state_dict(all ranks' states)` with another world size or worker count, see data/readers.py).
 
 API:
     build_train_loader(cfg, tokenizer, *, stage, rank=0, world_size=1, dpo=False, epochs=None, ...) -> TrainLoader
@@ -62,6 +62,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
@@ -128,16 +129,27 @@ class ShardMixture(IterableDataset):
             raise DataError("no shard sets to read (set data.train and/or data.text)")
         self.sets, self.tokenizer, self.opts = list(sets), tokenizer, opts
         self.rank, self.world = rank, world_size
-        self.role_offset = 0                       # set on resume: worker w plays role (w + offset) % W
-        self.role_states: dict[int, dict] = {}     # set on resume: each role's cursor
+        self.role_states: dict[int, dict] = {}     # set by an elastic resume: each worker's starting cursor
         self.plans: dict[str, dict] = {}           # set by an elastic resume: {set name: plan} (readers.py)
         self.trace: Optional[str] = os.environ.get("FVLM_DATA_TRACE") or None
+        self._resume: Optional[dict] = None        # this worker's cursor, from StatefulDataLoader
+        self._last: Optional[dict] = None          # the cursor after the last batch this worker made
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        roles, wid = (info.num_workers, info.id) if info is not None else (1, 0)
-        role = (wid + self.role_offset) % roles
-        return self._batches(role, roles, self.role_states.get(role))
+        roles, role = (info.num_workers, info.id) if info is not None else (1, 0)
+        state = self._resume if self._resume is not None else self.role_states.get(role)
+        self._resume = None
+        for batch in self._batches(role, roles, state):
+            self._last = batch["_state"]
+            yield batch
+
+    # StatefulDataLoader calls these in each worker (or in the main process with 0 workers)
+    def state_dict(self) -> Optional[dict]:
+        return self._last
+
+    def load_state_dict(self, state: Optional[dict]) -> None:
+        self._resume = state
 
     # -- the stream of one role
     def _batches(self, role: int, roles: int, state: Optional[dict]) -> Iterator[dict]:
@@ -314,7 +326,9 @@ class TrainLoader:
     def __init__(self, dataset: ShardMixture, *, num_workers: int = 0, pin_memory: bool = False):
         self.dataset, self.num_workers, self.pin_memory = dataset, max(0, num_workers), pin_memory
         self._iter: Optional[Iterator[dict]] = None
+        self._dl: Any = None                  # torchdata StatefulDataLoader
         self._dl_iter: Any = None
+        self._dl_state: Optional[dict] = None  # its state to restore before iterating
         self._delivered = 0
         self._roles: dict[int, dict] = {}
         self.resumed: Optional[dict] = None   # after load_state_dict: {"elastic": bool, ...} for the log
@@ -325,16 +339,20 @@ class TrainLoader:
 
     def __iter__(self) -> Iterator[dict]:
         if self._iter is None:
-            self.dataset.role_offset = self._delivered % self._n_roles
-            self.dataset.role_states = dict(self._roles)
+            from torchdata.stateful_dataloader import StatefulDataLoader
+
             if self.num_workers:
                 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked
-                # in-order (the default): batch i comes from worker i % W -- what exact resume relies on
-                dl = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                pin_memory=self.pin_memory, persistent_workers=False)
-                self._iter = self._dl_iter = iter(dl)
-            else:
-                self._iter = iter(self.dataset)
+            # in order (the default): batch i comes from worker i % W; the loader's state records each worker's
+            # cursor and which worker is next, so a restored loader continues with the very next batch
+            with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13
+                warnings.filterwarnings("ignore", message=".*set_vital.*")
+                dl = StatefulDataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                        pin_memory=self.pin_memory, persistent_workers=False)
+            if self._dl_state is not None:
+                dl.load_state_dict(self._dl_state)
+            self._dl = dl
+            self._iter = self._dl_iter = iter(dl)
         while True:
             try:
                 batch = next(self._iter)
@@ -364,7 +382,8 @@ class TrainLoader:
         return {"format": STATE_FORMAT, "batches": self._delivered, "num_workers": self.num_workers,
                 "rank": self.dataset.rank, "world_size": self.dataset.world,
                 "sets": [s.name for s in self.dataset.sets], "plans": self.dataset.plans,
-                "roles": {str(r): s for r, s in sorted(self._roles.items())}}
+                "roles": {str(r): s for r, s in sorted(self._roles.items())},
+                "dataloader": self._dl.state_dict() if self._dl is not None else self._dl_state}
 
     def load_state_dict(self, state: dict | list) -> None:
         """Continue after `state` (call before iterating).
@@ -382,7 +401,8 @@ class TrainLoader:
             raise TrainingError(f"data loader state was saved with shard sets {states[0].get('sets')}, this run has "
                                 f"{names}: resume with the same data.train / data.text lists")
         exact = (len(states) == self.dataset.world and states[0].get("world_size") == self.dataset.world
-                 and states[0].get("num_workers") == self.num_workers)
+                 and states[0].get("num_workers") == self.num_workers
+                 and all("dataloader" in s for s in states))  # saved before StatefulDataLoader: map elastically
         if not isinstance(state, list):
             mine = {"num_workers": self.num_workers, "rank": self.dataset.rank, "world_size": self.dataset.world}
             for key, value in mine.items():
@@ -394,6 +414,7 @@ class TrainLoader:
             st = states[0] if not isinstance(state, list) else states[self.dataset.rank]
             self._delivered = int(st["batches"])
             self._roles = {int(r): s for r, s in st["roles"].items()}
+            self._dl_state = st.get("dataloader")
             self.dataset.plans = dict(st.get("plans") or {})
             self.resumed = {"elastic": False}
             return
@@ -407,18 +428,19 @@ class TrainLoader:
                                                   access=o.access)
             summaries.append(summary)
         self.dataset.plans = plans
-        self._delivered = 0
+        self._delivered, self._dl_state = 0, None
         roles = self._n_roles
         totals = {k: sum(r.get(k, 0) for st in states for r in st["roles"].values())
                   for k in ("dropped", "corrupt", "samples")}
         draw = max((r["draw"] for st in states for r in st["roles"].values()), default=0)
         self._roles = {}
-        for role in range(roles):  # fresh cursors at the plan's epoch; the old totals kept on rank 0 role 0
+        for role in range(roles):  # fresh cursors at the plan's epoch; the old totals kept on rank 0 worker 0
             first = self.dataset.rank == 0 and role == 0
             self._roles[role] = {"role": role, "roles": roles, "draw": draw, "batches": 0,
                                  "sets": [{"epoch": plans[s.name]["epoch"], "shard": 0, "offset": 0, "index": 0,
                                            "pos": 0} for s in self.dataset.sets],
                                  **{k: (v if first else 0) for k, v in totals.items()}}
+        self.dataset.role_states = dict(self._roles)
         self.resumed = {"elastic": True, "from": f"{len(states)} rank(s) x {states[0]['num_workers']} worker(s)",
                         "to": f"{self.dataset.world} rank(s) x {self.num_workers} worker(s)", "sets": summaries}
 
@@ -451,6 +473,12 @@ class TrainLoader:
 
     def close(self) -> None:
         """Stop the worker processes (a closed loader cannot be iterated again)."""
+        if self._dl is not None:
+            try:  # keep the position: state_dict() still answers after close
+                self._dl_state = self._dl.state_dict()
+            except Exception:
+                pass
+            self._dl = None
         dl_iter, self._dl_iter = self._dl_iter, None
         self._iter = iter(())
         del dl_iter  # the last reference: the DataLoader iterator shuts its workers down when collected
