@@ -338,3 +338,21 @@ def test_video_mme_from_its_published_layout_is_reported_by_duration(lm, tmp_pat
     by_duration = leaf["breakdowns"]["duration"]
     assert sum(v["total"] for v in by_duration.values()) == leaf["total"] > 0
     assert set(by_duration) <= {"short", "medium", "long"} and "medium" in by_duration
+
+
+def test_bench_reads_a_shard_set_over_http_like_the_local_copy(lm, mcq_dir, tmp_path):
+    """--data may be a URL pattern (SPEC §3.7): the same questions and scores as the local shards."""
+    from hub_standin import FileServer
+
+    kw = dict(modes=["coarse_only"], methods=["loglik"], progress=False)
+    local = bench.run_bench(["synthetic"], lm, out_dir=tmp_path / "local", data_paths={"synthetic": str(mcq_dir)}, **kw)
+    n = len(list(mcq_dir.glob("*.tar")))
+    with FileServer(mcq_dir) as srv:
+        url = f"{srv.url}/shard-{{000000..{n - 1:06d}}}.tar"
+        remote = bench.run_bench(["synthetic"], lm, out_dir=tmp_path / "remote", data_paths={"synthetic": url}, **kw)
+    a, b = (local["benchmarks"]["synthetic"]["coarse_only"]["loglik"],
+            remote["benchmarks"]["synthetic"]["coarse_only"]["loglik"])
+    assert a["total"] == b["total"] == 8 and a["correct"] == b["correct"]
+    rows = [[json.loads(line) for line in (tmp_path / d / "samples.jsonl").read_text().splitlines()]
+            for d in ("local", "remote")]
+    assert [(r["id"], r["mean_nll"]) for r in rows[0]] == [(r["id"], r["mean_nll"]) for r in rows[1]]

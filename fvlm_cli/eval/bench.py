@@ -37,6 +37,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional, Sequence
 
+from fvlm_cli.data.remote import is_remote
 from fvlm_cli.errors import DataError, FvlmError
 from fvlm_cli.eval.settings import BENCHMARKS, BenchConfig
 
@@ -117,14 +118,19 @@ def parse_methods(text: str | Sequence[str], protocol: str = "fvlm") -> list[str
     return list(dict.fromkeys(items))
 
 
-def resolve_data(name: str, data_paths: Optional[dict] = None) -> Path:
-    """The shard dir of benchmark `name`: --data NAME=DIR, else the defaults; DataError saying what was looked for."""
+def resolve_data(name: str, data_paths: Optional[dict] = None) -> Path | str:
+    """The shard set of benchmark `name`: --data NAME=SET, else the defaults; DataError saying what was looked for.
+
+    A set given as a URL, `pipe:` command, `hf://` path or glob/brace pattern is passed on as it is: the shard
+    reader opens it (and says what is wrong with it)."""
     given = {(_norm(k)): v for k, v in (data_paths or {}).items()}
     if _norm(name) in given:
         candidates, explicit = [given[_norm(name)]], True
     else:
         candidates, explicit = DEFAULT_DATA.get(name, [f"data/{name}"]), False
     for c in candidates:
+        if explicit and (is_remote(str(c)) or any(ch in str(c) for ch in "*?[{")):
+            return str(c)
         p = Path(c).expanduser()
         if p.exists():
             return p
