@@ -25,19 +25,32 @@ def attention_parts(layer: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, 
 
 @dataclass
 class FrameCache:
-    """Per-layer keys/values of N frames: each K, V is [N, H, 1+P, d]."""
+    """Per-layer keys/values of N frames: each K, V is [N, H, 1+P, d].
+
+    slots: the rows are every frame slot of a [B, T] batch (row b*T + t, padded slots included), as the training
+    forward encodes them (static shapes); otherwise the rows are the real frames only (`encode_frames`)."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    features: torch.Tensor | None = None  # [N, 1+P, D] DINOv2's final normed output (patch features)
+    features: torch.Tensor | None = None  # [N, 1+P, D] DINOv2's final normed output (only with features=True)
+    slots: bool = False
 
     @property
     def num_frames(self) -> int:
         return self.keys[0].shape[0]
 
     def select(self, index: torch.Tensor) -> "FrameCache":
-        feats = None if self.features is None else self.features[index]
-        return FrameCache([k[index] for k in self.keys], [v[index] for v in self.values], feats)
+        return FrameCache([k[index] for k in self.keys], [v[index] for v in self.values], slots=False)
+
+    def frame(self, t: int, B: int, T: int) -> "FrameCache":
+        """Slot t of every sample of a slots cache: rows b*T + t as strided views (no copy)."""
+        pick = lambda x: x.unflatten(0, (B, T))[:, t]
+        return FrameCache([pick(k) for k in self.keys], [pick(v) for v in self.values], slots=True)
+
+    def repeat(self, k: int) -> "FrameCache":
+        """The rows k times over (row i*N + r is row r): k text rows share one patch pass (DPO pairs)."""
+        rep = lambda x: x.repeat(k, *([1] * (x.dim() - 1)))
+        return FrameCache([rep(x) for x in self.keys], [rep(x) for x in self.values], slots=self.slots)
 
 
 class FoveatedEncoder(nn.Module):
@@ -56,24 +69,29 @@ class FoveatedEncoder(nn.Module):
         """[N, S, D] -> [N, H, S, d]"""
         return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
 
-    def encode(self, pixels: torch.Tensor) -> FrameCache:
+    def encode(self, pixels: torch.Tensor, features: bool = True) -> FrameCache:
         """pixels: [N, 3, H, W] ImageNet-normalised -> FrameCache of every layer's K/V.
 
         The patch pass is DINOv2's own forward written out, so K/V are computed once and reused
-        for the patches' self-attention (checked against Dinov2Model in the tests).
+        for the patches' self-attention (checked against Dinov2Model in the tests). The query reads only
+        the K/V, so with features=False (the model's paths) the last layer stops after its K/V: its patch
+        attention and MLP, and the final norm, would be computed for nothing.
         """
         h = self.dino.embeddings(pixels)  # [N, 1+P, D]
         keys, values = [], []
-        for layer in self.dino.encoder.layer:
+        layers = self.dino.encoder.layer
+        for i, layer in enumerate(layers):
             q_lin, k_lin, v_lin, o_lin = attention_parts(layer)
             x = layer.norm1(h)
             k, v = self._split(k_lin(x)), self._split(v_lin(x))
             keys.append(k)
             values.append(v)
+            if i == len(layers) - 1 and not features:
+                break
             a = F.scaled_dot_product_attention(self._split(q_lin(x)), k, v)
             h = h + layer.layer_scale1(o_lin(a.transpose(1, 2).flatten(2)))
             h = h + layer.layer_scale2(layer.mlp(layer.norm2(h)))
-        return FrameCache(keys, values, self.dino.layernorm(h))
+        return FrameCache(keys, values, self.dino.layernorm(h) if features else None)
 
     def query(self, q: torch.Tensor, cache: FrameCache, return_attention: bool = False):
         """q: [N, query_dim], one query per cached frame -> z: [N, D] (and per-layer attention [L, N, H, 1+P])."""
