@@ -42,10 +42,13 @@ class FrameCache:
     def select(self, index: torch.Tensor) -> "FrameCache":
         return FrameCache([k[index] for k in self.keys], [v[index] for v in self.values], slots=False)
 
-    def frame(self, t: int, B: int, T: int) -> "FrameCache":
-        """Slot t of every sample of a slots cache: rows b*T + t as strided views (no copy)."""
-        pick = lambda x: x.unflatten(0, (B, T))[:, t]
-        return FrameCache([pick(k) for k in self.keys], [pick(v) for v in self.values], slots=True)
+    def per_slot(self, B: int, T: int) -> list["FrameCache"]:
+        """A slots cache split by frame slot: item t holds rows b*T + t of every sample. One transpose copy and one
+        unbind, so backward gathers the T gradients with one stack (slicing per step would allocate a full-size
+        gradient per slot and layer: O(T^2))."""
+        split = lambda x: x.unflatten(0, (B, T)).transpose(0, 1).contiguous().unbind(0)
+        ks, vs = [split(k) for k in self.keys], [split(v) for v in self.values]
+        return [FrameCache([k[t] for k in ks], [v[t] for v in vs], slots=True) for t in range(T)]
 
     def repeat(self, k: int) -> "FrameCache":
         """The rows k times over (row i*N + r is row r): k text rows share one patch pass (DPO pairs)."""

@@ -267,11 +267,12 @@ class FoveatedVLM(nn.Module):
         return torch.cat([self.q_init.expand(B, 1, -1).to(q.dtype), q[:, :-1]], dim=1)[:, :T]
 
     def _frame_token(self, query: torch.Tensor, cache: FrameCache, flat_idx: torch.Tensor, t: int,
-                     live: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The visual token of frame t of every sample, read with `query` [B, Dq] -> [B, 1, D] (zeros where padded)."""
+                     live: torch.Tensor, dtype: torch.dtype, slot: FrameCache | None = None) -> torch.Tensor:
+        """The visual token of frame t of every sample, read with `query` [B, Dq] -> [B, 1, D] (zeros where padded).
+        `slot`: slot t of a slots cache (`FrameCache.per_slot`)."""
         B, T = flat_idx.shape
-        if cache.slots:  # rows b*T + t: a strided view of the cache, every sample computed, padded ones masked
-            tok = self.project(self.encoder.query(query, cache.frame(t, B, T))).to(dtype)
+        if slot is not None:  # every sample computed, padded ones masked
+            tok = self.project(self.encoder.query(query, slot)).to(dtype)
             return torch.where(live[:, None], tok, tok.new_zeros(()))[:, None]
         vis = torch.zeros(B, 1, self.llm.config.hidden_size, device=query.device, dtype=dtype)
         if bool(live.any()):  # compact cache (evaluation): only the live rows exist
@@ -296,9 +297,10 @@ class FoveatedVLM(nn.Module):
         if P > 0:  # question-first: system + user turn before the frames
             outs.append(stream.step(text_emb[:, :P], torch.arange(P, device=dev)[None] < p[:, None]))
         query = self.q_init.expand(B, -1)
+        slots = cache.per_slot(B, T) if cache is not None and cache.slots else [None] * T
         for t in range(T):
             live = frame_mask[:, t]
-            h = stream.step(self._frame_token(query, cache, flat_idx, t, live, text_emb.dtype), live[:, None])
+            h = stream.step(self._frame_token(query, cache, flat_idx, t, live, text_emb.dtype, slots[t]), live[:, None])
             outs.append(h)
             query = torch.where(live[:, None], self.llm_to_query(h[:, 0]).to(query.dtype), query)
         # the text after the frames, right-padded per sample (S positions: a static bound)

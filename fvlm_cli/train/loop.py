@@ -37,13 +37,19 @@ def load_run_config(path: str | None, overrides: list[str] | None = None, flags:
 
     `model: <preset>` (a string) expands to that preset's model section.
     """
-    data = cfglib.deep_merge(base or {}, cfglib.read_yaml(path) if path else {})
-    data = cfglib.apply_overrides(data, overrides, None)
+    def expand(d: dict) -> dict:
+        if isinstance(d.get("model"), str):
+            d["model"] = cfglib.read_yaml(cfglib.CONFIG_DIR / "model" / f"{d['model']}.yaml")
+        return d
+
+    data = expand(cfglib.deep_merge(base or {}, cfglib.read_yaml(path) if path else {}))  # model.* overrides apply to the preset
+    preset = [o for o in overrides or [] if o.split("=", 1)[0].strip() == "model"]  # `model=<preset>` first
+    data = expand(cfglib.apply_overrides(data, preset, None))
+    data = cfglib.apply_overrides(data, [o for o in overrides or [] if o not in preset], None)
     for key, value in (flags or {}).items():
         cfglib.assign(data, key, value)
-    if isinstance(data.get("model"), str):
-        data["model"] = cfglib.read_yaml(cfglib.CONFIG_DIR / "model" / f"{data['model']}.yaml")
-        data = cfglib.apply_overrides(data, [o for o in overrides or [] if o.startswith("model.")], None)
+    if isinstance(data.get("model"), str):  # `model=<preset>` given as an override
+        data = cfglib.apply_overrides(expand(data), [o for o in overrides or [] if o.startswith("model.")], None)
     return cfglib.from_dict(RunConfig, data)
 
 
