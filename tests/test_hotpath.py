@@ -91,3 +91,78 @@ def test_layout_is_built_on_the_device_by_index_arithmetic():
     pre = build_layout(am, fm, torch.tensor([2, 0, 1]), text="prefix", max_prefix=2)
     assert pre.index.shape == (3, 2 + 3)  # the prefix bound, not S: the coarse pass stays short
     assert pre.valid.sum(1).tolist() == [2 + 2, 0 + 2, 1 + 0]
+
+
+def test_dpo_pair_runs_dino_once_per_video_and_equals_repeated_frames(tiny, monkeypatch):
+    """repeat_frames=2: the B videos are encoded once for the 2B text rows, with the log-probs of repeating them."""
+    b = _batch(tiny, question_first=True)
+    ids2 = torch.cat([b["input_ids"], b["input_ids"].flip(1)])
+    two = {k: torch.cat([b[k], b[k]]) for k in ("attention_mask", "loss_mask", "visual_pos")}
+    rows = []
+    inner = tiny.encoder.encode
+    monkeypatch.setattr(tiny.encoder, "encode", lambda px, **kw: rows.append(px.shape[0]) or inner(px, **kw))
+    for mode in MODES:
+        with torch.no_grad():
+            ref = tiny(torch.cat([b["frames"]] * 2), ids2, frame_mask=torch.cat([b["frame_mask"]] * 2), mode=mode,
+                       return_logits=False, **two)
+            rows.clear()
+            out = tiny(b["frames"], ids2, frame_mask=b["frame_mask"], mode=mode, return_logits=False, repeat_frames=2, **two)
+        assert rows == [3 * 3], mode  # B x T slots once, not 2B x T
+        torch.testing.assert_close(out["logps"], ref["logps"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unused_parameters_are_exactly_those_without_gradients(tiny, mode):
+    """DDP ignores `unused_parameters(mode)` instead of searching each step: the set must be exact, also for a
+    text-only batch (the vision path runs on one masked slot)."""
+    model = tiny.train()
+    try:
+        for frames_on in (True, False):
+            b = _batch(model, question_first=True)
+            if not frames_on:
+                b["frames"], b["frame_mask"] = b["frames"][:, :0], b["frame_mask"][:, :0]
+            model.zero_grad(set_to_none=True)
+            model(**b, mode=mode, return_logits=False)["loss"].backward()
+            none = {n for n, p in model.named_parameters() if p.grad is None}
+            assert none == model.unused_parameters(mode), (mode, frames_on)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def test_masked_step_skips_on_the_device_and_leaves_state_unchanged():
+    from fvlm_cli.settings import OptimConfig
+    from fvlm_cli.train.optim import build_optimizer, masked_step
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    opt = build_optimizer(net, OptimConfig(), torch.device("cpu"))
+    assert opt.defaults["fused"]  # the CPU has the fused kernel: the skip needs no host read
+    net(torch.randn(2, 4)).sum().backward()
+    masked_step(opt, torch.tensor(True))
+    before = [p.detach().clone() for p in net.parameters()]
+    state = {k: v.clone() for k, v in opt.state[next(net.parameters())].items()}
+    net(torch.randn(2, 4)).sum().backward()
+    masked_step(opt, torch.tensor(False))
+    assert all(torch.equal(a, p) for a, p in zip(before, net.parameters()))
+    for k, v in opt.state[next(net.parameters())].items():
+        assert torch.equal(v, state[k]), k  # moments and the step count untouched
+    masked_step(opt, torch.tensor(True))
+    assert not all(torch.equal(a, p) for a, p in zip(before, net.parameters()))
+
+
+def test_compiled_encoder_saves_plain_parameter_names(tiny, tmp_path, monkeypatch):
+    """train.compile compiles the bound methods, not the module: the state dict has no `_orig_mod.` prefix."""
+    import copy
+
+    from fvlm_cli.train import loop
+
+    model = copy.deepcopy(tiny)
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="eager"))
+    loop.compile_encoder(model)
+    b = _batch(model, question_first=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**b, mode="coarse_fine")["loss"], tiny(**b, mode="coarse_fine")["loss"])
+    assert not [k for k in model.state_dict() if "_orig_mod" in k]
+    assert set(model.state_dict()) == set(tiny.state_dict())

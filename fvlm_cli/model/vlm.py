@@ -302,7 +302,8 @@ class FoveatedVLM(nn.Module):
             live = frame_mask[:, t]
             h = stream.step(self._frame_token(query, cache, flat_idx, t, live, text_emb.dtype, slots[t]), live[:, None])
             outs.append(h)
-            query = torch.where(live[:, None], self.llm_to_query(h[:, 0]).to(query.dtype), query)
+            if t < T - 1:  # the query after the last frame would read nothing
+                query = torch.where(live[:, None], self.llm_to_query(h[:, 0]).to(query.dtype), query)
         # the text after the frames, right-padded per sample (S positions: a static bound)
         n_suf = n_text - p
         q_idx = torch.arange(S, device=dev)[None]
@@ -371,9 +372,11 @@ class FoveatedVLM(nn.Module):
         if frame_mask is None:
             frame_mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=dev)
         frame_mask = frame_mask.bool()
-        if frames.shape[1] == 0 and frames.dim() == 5:  # text-only batch: one masked slot keeps every parameter used
-            frames = frames.new_zeros(frames.shape[0], 1, *frames.shape[2:])
-            frame_mask = frame_mask.new_zeros(frames.shape[0], 1)
+        need = 2 if mode == "autoregressive" else 1  # AR: frame 1's output makes frame 2's query (llm_to_query)
+        if frames.dim() == 5 and frames.shape[1] < need:  # masked slots keep every parameter used (static for DDP)
+            pad = need - frames.shape[1]
+            frames = torch.cat([frames, frames.new_zeros(frames.shape[0], pad, *frames.shape[2:])], 1)
+            frame_mask = torch.cat([frame_mask, frame_mask.new_zeros(frame_mask.shape[0], pad)], 1)
         if attention_mask is None:
             attention_mask = torch.ones(R, S, dtype=torch.long, device=dev)
         if loss_mask is None:
