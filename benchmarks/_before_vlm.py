@@ -147,7 +147,7 @@ class FoveatedVLM(nn.Module):
         flat_idx[frame_mask] = torch.arange(n, device=frame_mask.device)
         if n == 0:
             return None, flat_idx
-        return self.encoder.encode(frames[frame_mask]), flat_idx
+        return _main_encode(self.encoder, frames[frame_mask]), flat_idx
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         return self.visual_scale * self.dino_to_llm(z)
@@ -319,3 +319,22 @@ def _scatter(hidden: torch.Tensor, h: torch.Tensor, pos: torch.Tensor) -> torch.
         return hidden
     b_idx = torch.arange(pos.shape[0], device=pos.device)[:, None].expand_as(pos)[ok]
     return hidden.index_put((b_idx, pos[ok]), h[ok].to(hidden.dtype))
+
+
+def _main_encode(enc, pixels: torch.Tensor) -> FrameCache:
+    """main's FoveatedEncoder.encode: every layer in full, the final norm included."""
+    from fvlm_cli.model.encoder import attention_parts
+
+    h = enc.dino.embeddings(pixels)
+    keys, values = [], []
+    for layer in enc.dino.encoder.layer:
+        q_lin, k_lin, v_lin, o_lin = attention_parts(layer)
+        x = layer.norm1(h)
+        k, v = enc._split(k_lin(x)), enc._split(v_lin(x))
+        keys.append(k)
+        values.append(v)
+        a = F.scaled_dot_product_attention(enc._split(q_lin(x)), k, v)
+        h = h + layer.layer_scale1(o_lin(a.transpose(1, 2).flatten(2)))
+        h = h + layer.layer_scale2(layer.mlp(layer.norm2(h)))
+    enc.dino.layernorm(h)  # main computed the patches' final output and kept it in the cache
+    return FrameCache(keys, values)

@@ -8,7 +8,8 @@ autoregressive step).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -32,8 +33,14 @@ class FrameCache:
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    features: torch.Tensor | None = None  # [N, 1+P, D] DINOv2's final normed output (only with features=True)
     slots: bool = False
+    finish: Callable[[], torch.Tensor] | None = field(default=None, repr=False)  # computes `features` on demand
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        """[N, 1+P, D] DINOv2's final normed output: the last layer's patch attention + MLP, run only when asked
+        (the query reads the K/V alone)."""
+        return None if self.finish is None else self.finish()
 
     @property
     def num_frames(self) -> int:
@@ -72,13 +79,13 @@ class FoveatedEncoder(nn.Module):
         """[N, S, D] -> [N, H, S, d]"""
         return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
 
-    def encode(self, pixels: torch.Tensor, features: bool = True) -> FrameCache:
+    def encode(self, pixels: torch.Tensor) -> FrameCache:
         """pixels: [N, 3, H, W] ImageNet-normalised -> FrameCache of every layer's K/V.
 
         The patch pass is DINOv2's own forward written out, so K/V are computed once and reused
-        for the patches' self-attention (checked against Dinov2Model in the tests). The query reads only
-        the K/V, so with features=False (the model's paths) the last layer stops after its K/V: its patch
-        attention and MLP, and the final norm, would be computed for nothing.
+        for the patches' self-attention (checked against Dinov2Model in the tests). It stops after the last
+        layer's K/V: that layer's patch attention and MLP and the final norm feed nothing the query reads, so
+        they run only if `cache.features` is asked for.
         """
         h = self.dino.embeddings(pixels)  # [N, 1+P, D]
         keys, values = [], []
@@ -89,12 +96,18 @@ class FoveatedEncoder(nn.Module):
             k, v = self._split(k_lin(x)), self._split(v_lin(x))
             keys.append(k)
             values.append(v)
-            if i == len(layers) - 1 and not features:
+            if i == len(layers) - 1:
                 break
-            a = F.scaled_dot_product_attention(self._split(q_lin(x)), k, v)
-            h = h + layer.layer_scale1(o_lin(a.transpose(1, 2).flatten(2)))
-            h = h + layer.layer_scale2(layer.mlp(layer.norm2(h)))
-        return FrameCache(keys, values, self.dino.layernorm(h) if features else None)
+            h = self._finish_layer(layer, h, x, k, v)
+        last = layers[len(layers) - 1]
+        finish = lambda: self.dino.layernorm(self._finish_layer(last, h, x, k, v))  # noqa: E731 (bound to this pass)
+        return FrameCache(keys, values, finish=finish)
+
+    def _finish_layer(self, layer, h, x, k, v) -> torch.Tensor:
+        q_lin, _, _, o_lin = attention_parts(layer)
+        a = F.scaled_dot_product_attention(self._split(q_lin(x)), k, v)
+        h = h + layer.layer_scale1(o_lin(a.transpose(1, 2).flatten(2)))
+        return h + layer.layer_scale2(layer.mlp(layer.norm2(h)))
 
     def query(self, q: torch.Tensor, cache: FrameCache, return_attention: bool = False):
         """q: [N, query_dim], one query per cached frame -> z: [N, D] (and per-layer attention [L, N, H, 1+P])."""

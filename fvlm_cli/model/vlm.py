@@ -206,7 +206,7 @@ class FoveatedVLM(nn.Module):
         flat_idx[frame_mask] = torch.arange(n, device=frame_mask.device)
         if n == 0:
             return None, flat_idx
-        return self.encoder.encode(frames[frame_mask], features=False), flat_idx
+        return self.encoder.encode(frames[frame_mask]), flat_idx
 
     def encode_slots(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[FrameCache | None, torch.Tensor]:
         """DINO over every frame slot (B x T rows, padded slots zeroed and masked later): static shapes, no host read.
@@ -217,7 +217,7 @@ class FoveatedVLM(nn.Module):
         if T == 0:
             return None, flat_idx
         pixels = torch.where(frame_mask[..., None, None, None], frames, frames.new_zeros(()))  # NaN-safe padding
-        cache = self.encoder.encode(pixels.flatten(0, 1), features=False)
+        cache = self.encoder.encode(pixels.flatten(0, 1))
         cache.slots = True
         return cache, flat_idx
 
