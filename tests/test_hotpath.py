@@ -166,3 +166,22 @@ def test_compiled_encoder_saves_plain_parameter_names(tiny, tmp_path, monkeypatc
         torch.testing.assert_close(model(**b, mode="coarse_fine")["loss"], tiny(**b, mode="coarse_fine")["loss"])
     assert not [k for k in model.state_dict() if "_orig_mod" in k]
     assert set(model.state_dict()) == set(tiny.state_dict())
+
+
+def test_position_init_scale_applies_to_a_fresh_dino_only():
+    """tiny's random DINO gets a x20 position table (content would outweigh position ~28x); loaded weights win."""
+    from fvlm_cli.config import from_dict, to_dict
+    from fvlm_cli.model.build import load_weights
+    from fvlm_cli.settings import ModelConfig
+
+    d = to_dict(preset("tiny"))
+    assert d["dino_config"]["position_init_scale"] == 20
+    plain = dict(d, dino_config={k: v for k, v in d["dino_config"].items() if k != "position_init_scale"})
+    torch.manual_seed(0)
+    scaled = build_model(from_dict(ModelConfig, d), pretrained=False)
+    torch.manual_seed(0)
+    base = build_model(from_dict(ModelConfig, plain), pretrained=False)
+    pe = lambda m: m.encoder.dino.embeddings.position_embeddings
+    torch.testing.assert_close(pe(scaled), 20 * pe(base))
+    load_weights(scaled, base.state_dict())
+    torch.testing.assert_close(pe(scaled), pe(base))

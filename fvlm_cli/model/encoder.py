@@ -74,6 +74,14 @@ class FoveatedEncoder(nn.Module):
         # No bias: a bias dominates small queries, every query then gives the same token (fine == coarse).
         self.query_input_proj = nn.Linear(query_dim, self.dim, bias=False)
         self.output_proj = nn.Linear(self.dim, self.dim)
+        # Random-init DINO only (the tiny preset): HF draws the patch projection and the position embeddings with
+        # the same std, so a patch's content (a sum over 3*p*p pixels) outweighs its position ~sqrt(3*p*p) times and
+        # the query token barely says where the object is. `position_init_scale` rescales the fresh position table.
+        # Weights loaded afterwards (a checkpoint, pretrained DINO) replace this; pretrained configs lack the key.
+        scale = getattr(cfg, "position_init_scale", None)
+        if scale:
+            with torch.no_grad():
+                dino.embeddings.position_embeddings.mul_(float(scale))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """[N, S, D] -> [N, H, S, d]"""
