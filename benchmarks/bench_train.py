@@ -37,18 +37,18 @@ DATA = ["--preset", "tiny", "--set", "model.image_size=224", "--batch-size", "8"
 
 # (comparison, base args, {variant: extra args}); the first variant is the library's default / the baseline
 SWITCHES = [
-    ("coarse pass: visual-only vs full sequence (tiny)", TINY, {"visual": [], "full": ["--set", "profile.coarse_pass=full"]}),
-    ("coarse pass: visual-only vs full sequence (135m)", M135, {"visual": [], "full": ["--set", "profile.coarse_pass=full"]}),
+    ("coarse pass: visual-only vs full sequence (tiny)", TINY, {"visual": [], "full": ["--variant", "full_coarse_pass"]}),
+    ("coarse pass: visual-only vs full sequence (135m)", M135, {"visual": [], "full": ["--variant", "full_coarse_pass"]}),
     ("coarse pass: visual-only vs full sequence (135m, S=256)", M135_LONG,
-     {"visual": [], "full": ["--set", "profile.coarse_pass=full"]}),
+     {"visual": [], "full": ["--variant", "full_coarse_pass"]}),
     ("lm_head: targets vs all positions (tiny, 16 answer tokens)", TINY + SFT,
-     {"targets": [], "all": ["--set", "profile.lm_head=all"]}),
+     {"targets": [], "all": ["--variant", "lm_head_all"]}),
     ("lm_head: targets vs all positions (135m, 16 answer tokens)", M135 + SFT,
-     {"targets": [], "all": ["--set", "profile.lm_head=all"]}),
-    ("DINO: real frames vs padded slots too (tiny, ragged)", TINY + ["--set", "profile.ragged=true"],
-     {"real": [], "padded": ["--set", "profile.dino_padded=true"]}),
-    ("DINO: real frames vs padded slots too (135m, ragged)", M135 + ["--set", "profile.ragged=true"],
-     {"real": [], "padded": ["--set", "profile.dino_padded=true"]}),
+     {"targets": [], "all": ["--variant", "lm_head_all"]}),
+    ("DINO: every frame slot (static shapes) vs real frames only (tiny, ragged)", TINY + ["--set", "profile.ragged=true"],
+     {"slots": [], "real only": ["--variant", "dino_real_only"]}),
+    ("DINO: every frame slot (static shapes) vs real frames only (135m, ragged)", M135 + ["--set", "profile.ragged=true"],
+     {"slots": [], "real only": ["--variant", "dino_real_only"]}),
     ("LLM attention: sdpa vs eager (tiny)", TINY, {"sdpa": [], "eager": ["--set", "model.attn_implementation=eager"]}),
     ("LLM attention: sdpa vs eager (135m)", M135, {"sdpa": [], "eager": ["--set", "model.attn_implementation=eager"]}),
     ("torch.compile of the query walk (tiny)", TINY, {"eager": [], "compiled": ["--set", "profile.compile=query"]}),
@@ -68,9 +68,15 @@ GPU_ONLY = {
 
 
 def profile(target: str, args: list[str], threads: int) -> dict:
+    """One `fvlm profile` process; `--variant NAME` in args binds a reference variant (benchmarks/profile_variant.py)."""
+    entry = [sys.executable, "-m", "fvlm_cli", "profile"]
+    if "--variant" in args:
+        i = args.index("--variant")
+        entry = [sys.executable, str(ROOT / "benchmarks" / "profile_variant.py"), args[i + 1]]
+        args = args[:i] + args[i + 2:]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
-        cmd = [sys.executable, "-m", "fvlm_cli", "profile", target, "--set", f"profile.threads={threads}", *args,
+        cmd = [*entry, target, "--set", f"profile.threads={threads}", *args,
                "--out", str(out)]  # later --set wins: a variant may change the threads
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if r.returncode != 0:

@@ -11,7 +11,7 @@ train  A random-init model of the preset (`build_model(..., pretrained=False)`: 
          dino_forward  the DINO patch pass (`encoder.encode`, timed by wrapping it)
          forward_rest  the rest of the forward: text embedding, layouts, query walks, LLM passes, head
          backward      the whole backward, DINO's included (autograd gives no cheap per-module split)
-         optimizer     grad clipping, the loss/grad-norm finiteness check the loop does, AdamW, zero_grad
+         optimizer     grad clipping, AdamW with the loop's on-device skip of non-finite steps, zero_grad
        Each boundary waits for the device (torch.cuda.synchronize, then perf_counter), so on a GPU the split
        costs a few syncs per step and removes CPU/GPU overlap at the boundaries; `--set profile.split=false`
        times whole steps without the inner syncs. Step times are medians over `steps` after `warmup`; the
@@ -29,7 +29,8 @@ data   Writes generated shards (mixed frame counts T/4..T at the preset's image 
 bench  MCQ scoring, `eval.mcq.score_fast` against `score_naive` (DINO re-encoded per option x mode).
 
 Switches (`--set profile.<key>=...`; the rest of --set is the RunConfig: model.*, optim.*, train.*, data.*).
-The reference variants below exist only to measure what the library's choices save; they give the same loss.
+The reference variants the library's choices are measured against (full coarse pass, lm_head everywhere, DINO on
+real frames only) are measurement code: benchmarks/reference_variants.py, run through benchmarks/profile_variant.py.
 """
 
 from __future__ import annotations
@@ -41,11 +42,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import MethodType
 from typing import Any, Literal, Optional
 
 import torch
-import torch.nn.functional as F
 
 from fvlm_cli import config as cfglib
 from fvlm_cli.config import field
@@ -57,9 +56,6 @@ TARGETS = ("train", "infer", "data", "bench")
 
 @dataclass
 class Switches:
-    coarse_pass: Literal["visual", "full"] = field("visual", help="full = reference: coarse LLM pass over the whole sequence")
-    lm_head: Literal["targets", "all"] = field("targets", help="all = reference: lm_head at every position, then pick targets")
-    dino_padded: bool = field(False, help="reference: run DINO on padded frame slots too")
     ragged: bool = field(False, help="synthetic batches with mixed frame counts (T, ..., ~T/B): padded frames exist")
     answer_tokens: int = field(0, help="loss on the last N text tokens only, as in SFT (0 = all text, as stage 1)")
     compile: Literal["none", "query", "all"] = field("none", help="torch.compile the query walk, or it and the DINO patch pass")
@@ -115,61 +111,18 @@ def modes_of(args: ProfileArgs, target: str) -> list[str]:
     return [args.mode]
 
 
-# ---------------------------------------------------------------- reference variants (comparison only)
-
-def _fine_queries_full(self, text_emb, cache, frame_mask, attention_mask, visual_pos):
-    """Reference: the coarse pass over [text[:p], visual, text[p:]] (the reference code's). Causality makes
-    the visual hidden states, hence the queries, equal to the visual-only pass."""
-    from fvlm_cli.model.vlm import build_layout
-
-    B, T = frame_mask.shape
-    coarse = self.read(self.q_static.expand(B * T, -1).reshape(B, T, self.query_dim), cache, frame_mask)
-    layout = build_layout(attention_mask, frame_mask, visual_pos, text="all")
-    h = self._run_packed(text_emb, coarse, layout)
-    h_vis = h.gather(1, layout.vis_pos.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1]))
-    q = self.llm_to_query(h_vis)
-    return torch.cat([self.q_init.expand(B, 1, -1).to(q.dtype), q[:, :-1]], dim=1)[:, :T]
-
-
-def _head_all_positions(self, hidden, layout, input_ids, targets, return_logits):
-    """Reference: lm_head over all B x L positions ([B, L, V] logits), then the target positions picked."""
-    B, S = input_ids.shape
-    logits = self.llm.lm_head(hidden).float()
-    targets = targets & (layout.prev_pos >= 0)
-    b_idx, j_idx = targets.nonzero(as_tuple=True)
-    tok_lp = -F.cross_entropy(logits[b_idx, layout.prev_pos[b_idx, j_idx]], input_ids[b_idx, j_idx], reduction="none")
-    token_logps = torch.zeros(B, S, device=hidden.device, dtype=tok_lp.dtype).index_put((b_idx, j_idx), tok_lp)
-    loss = -tok_lp.mean() if tok_lp.numel() else hidden.sum() * 0.0
-    out = {"loss": loss, "token_logps": token_logps, "logps": token_logps.sum(1), "n_targets": targets.sum(1)}
-    if return_logits:
-        out["logits"] = logits.gather(1, layout.text_pos.clamp(min=0)[..., None].expand(-1, -1, logits.shape[-1]))
-    return out
-
-
-def _encode_frames_padded(self, frames, frame_mask):
-    """Reference: DINO over every frame slot (padded ones too), then the real frames' K/V kept."""
-    B, T = frame_mask.shape
-    flat_idx = torch.full((B, T), -1, dtype=torch.long, device=frame_mask.device)
-    n = int(frame_mask.sum())
-    flat_idx[frame_mask] = torch.arange(n, device=frame_mask.device)
-    if n == 0:
-        return None, flat_idx
-    cache = self.encoder.encode(frames.flatten(0, 1))
-    return cache.select(frame_mask.flatten().nonzero()[:, 0]), flat_idx
-
+# ---------------------------------------------------------------- switches
 
 def apply_switches(model, sw: Switches, compile_all: bool = False) -> None:
-    """Bind the reference variants / compiled walks that `sw` asks for onto this model instance."""
-    if sw.coarse_pass == "full":
-        model.fine_queries = MethodType(_fine_queries_full, model)
-    if sw.lm_head == "all":
-        model._head = MethodType(_head_all_positions, model)
-    if sw.dino_padded:
-        model.encode_frames = MethodType(_encode_frames_padded, model)
-    if sw.compile in ("query", "all") or compile_all:
+    """Compile the query walk (`profile.compile=query`), or it and the DINO patch pass (`all`, or train.compile=true,
+    as the training loop does). The reference variants the library's choices are measured against live in
+    benchmarks/reference_variants.py (benchmarks/profile_variant.py runs this profiler with one bound)."""
+    if sw.compile == "all" or compile_all:
+        from fvlm_cli.train.loop import compile_encoder
+
+        compile_encoder(model)
+    elif sw.compile == "query":
         model.encoder.query = torch.compile(model.encoder.query)
-    if sw.compile == "all" or compile_all:  # train.compile=true compiles both, as the training loop does
-        model.encoder.encode = torch.compile(model.encoder.encode)
 
 
 # ---------------------------------------------------------------- measuring
@@ -326,7 +279,8 @@ def profile_train(args: ProfileArgs) -> dict:
     from fvlm_cli.eval.loss import model_inputs, to_device
     from fvlm_cli.runtime import autocast
     from fvlm_cli.train.flops import peak_flops, sample_flops
-    from fvlm_cli.train.optim import build_optimizer, build_scheduler
+    from fvlm_cli.model.vlm import Bounds
+    from fvlm_cli.train.optim import build_optimizer, build_scheduler, masked_step
 
     cfg, device, dtype = _setup(args)
     (mode,) = modes_of(args, "train")
@@ -344,14 +298,15 @@ def profile_train(args: ProfileArgs) -> dict:
     if split:
         inner = model.encoder.encode
 
-        def encode(pixels):
+        def encode(pixels, **kw):
             clock.mark("forward_rest")
-            out = inner(pixels)
+            out = inner(pixels, **kw)
             clock.mark("dino_forward")
             return out
 
         model.encoder.encode = encode
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    bounds = Bounds.of(host["visual_pos"], host["loss_mask"], host["attention_mask"])  # host side, as the loop does
     step_s, losses, first_step_s = [], [], None
     memory_window = False
     for i in range(args.warmup + args.steps):
@@ -362,16 +317,15 @@ def profile_train(args: ProfileArgs) -> dict:
         batch = to_device(host, device)
         clock.mark("data")
         with autocast(device, dtype):
-            out = model(**model_inputs(batch), mode=mode, return_logits=False)
+            out = model(**model_inputs(batch), mode=mode, return_logits=False, bounds=bounds)
         if split:
             clock.mark("forward_rest")
         out["loss"].backward()
         if split:
             clock.mark("backward")
-        loss = float(out["loss"].detach())
+        loss = out["loss"].detach()  # read after the timed steps, as the loop reads it at log steps only
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
-        if bool(torch.isfinite(torch.tensor(loss)) and torch.isfinite(gnorm)):
-            opt.step()
+        masked_step(opt, torch.isfinite(loss) & torch.isfinite(gnorm))
         opt.zero_grad(set_to_none=True)
         sched.step()
         clock.mark("optimizer" if split else "compute")
@@ -381,6 +335,7 @@ def profile_train(args: ProfileArgs) -> dict:
         if i >= args.warmup:
             step_s.append(elapsed)
             losses.append(loss)
+    losses = [float(x) for x in losses]
     memory, phases = peak_memory_gb(device), dict(clock.phases)
     activations = activation_bytes(model, to_device(host, device), mode, device, dtype)
     n = max(len(step_s), 1)

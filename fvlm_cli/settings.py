@@ -90,7 +90,7 @@ class OptimConfig:
     llm: GroupConfig = field(None, help="language model")
     betas: list[float] = field([0.9, 0.95], help="AdamW betas")
     eps: float = field(1e-8, help="AdamW epsilon")
-    fused: bool = field(True, help="fused AdamW on CUDA")
+    fused: bool = field(True, help="fused AdamW where torch has the kernel (CUDA, CPU); skips non-finite steps on the device")
     grad_clip: float = field(1.0, help="clip global grad norm to this (0 = off)")
     schedule: Literal["cosine", "converging", "constant"] = field("cosine", help="LR schedule")
     warmup: float = field(0.03, help="warmup as a fraction of total steps")

@@ -14,6 +14,7 @@ from pathlib import Path
 from fvlm_cli import config as cfglib
 
 STEPS = ("data", "stage1", "stage2", "dpo", "bench", "caption", "report")
+CAPTION_VIDEOS = (7, 11, 19, 23)  # held-out bench videos captioned in the report
 
 # (name, split, kinds): the shard sets the recipe reads
 DATA_SETS = (
@@ -116,7 +117,7 @@ def run_speedrun(out: str | Path = "runs/speedrun", preset: str = "tiny", *, n_v
         rec = steps.finish("bench", {"seconds": time.perf_counter() - t0, "results": res["benchmarks"]["synthetic"]})
     info["bench"] = rec
 
-    # 6. captions
+    # 6. captions of held-out videos, each attribute checked against the truth
     if not (rec := steps.done("caption")):
         from fvlm_cli.model.build import load_model
         from fvlm_cli.infer.core import generate
@@ -125,16 +126,34 @@ def run_speedrun(out: str | Path = "runs/speedrun", preset: str = "tiny", *, n_v
         from fvlm_cli.data.sources.synthetic import SPLITS
 
         lm = load_model(str(final), device=device)
-        sample = synthetic.make_video(SPLITS["bench"] + 7, size=lm.model.image_size)  # a held-out video
-        video = synthetic.write_video_file(sample, out / "sample.mp4")
-        caps = {m: generate(lm, [str(video)], "Describe this video.", mode=m, max_new_tokens=24)[0].text
-                for m in ("coarse_only", "coarse_fine", "autoregressive")}
-        rec = steps.finish("caption", {"video": str(video), "truth": synthetic.caption_for(sample), "captions": caps})
+        rows = []
+        for k in CAPTION_VIDEOS:
+            sample = synthetic.make_video(SPLITS["bench"] + k, size=lm.model.image_size)  # held out: never trained on
+            video = synthetic.write_video_file(sample, out / f"sample{k}.mp4")
+            caps = {m: generate(lm, [str(video)], "Describe this video.", mode=m, max_new_tokens=24)[0].text
+                    for m in ("coarse_only", "coarse_fine", "autoregressive")}
+            rows.append({"video": str(video), "truth": synthetic.caption_for(sample), "captions": caps,
+                         "correct": {m: caption_attributes(sample, t) for m, t in caps.items()}})
+        first = rows[0]
+        rec = steps.finish("caption", {"video": first["video"], "truth": first["truth"], "captions": first["captions"],
+                                       "videos": rows})
     info["caption"] = rec
     info["seconds"] = sum(info[k].get("seconds", 0.0) for k in ("data", "stage1", "stage2", "dpo", "bench"))
     report = write_report(out, info)
     info["report"] = str(report)
     return info
+
+
+def caption_attributes(sample, text: str) -> dict[str, bool]:
+    """Which of colour, shape, direction and count a caption names correctly (whole words; 'squares' counts)."""
+    import re
+
+    from fvlm_cli.data import synthetic
+
+    w = text.lower()
+    word = lambda x: re.search(rf"\b{x}\b", w) is not None
+    return {"colour": word(sample.color), "shape": word(sample.shape) or word(sample.shape + "s"),
+            "direction": word(sample.direction), "count": word(synthetic._NUMBER_WORDS[sample.count])}
 
 
 def write_report(out: Path, info: dict) -> Path:
@@ -187,17 +206,33 @@ def write_report(out: Path, info: dict) -> Path:
     chance = chance if chance is not None else 0.25
     lines.append(f"| random chance | {100 * chance:.1f}% | | |")
     best = max(accs) if accs else 0.0
+    acc = dict(zip(modes, accs))
     lines += ["", f"The trained model answers {best:.1f}% of the synthetic questions in its best mode "
               f"(chance {100 * chance:.0f}%): {'far above' if best > 100 * chance + 20 else 'not far above'} chance."]
+    if "coarse_fine" in acc and "coarse_only" in acc:
+        lines.append(f"Foveation gap: coarse_fine {acc['coarse_fine']:.1f}% vs coarse_only {acc['coarse_only']:.1f}% "
+                     f"({acc['coarse_fine'] - acc['coarse_only']:+.1f} points; the model is trained in coarse_fine, so "
+                     f"coarse_only also measures how far its static-query tokens are from what it learned to read).")
+    cats = sorted({c for m in modes for c in ((b[m].get("loglik") or {}).get("per_category") or {})})
+    if cats:
+        lines += ["", "| mode | " + " | ".join(cats) + " |", "|---|" + "---:|" * len(cats)]
+        for m in modes:
+            pc = (b[m].get("loglik") or {}).get("per_category") or {}
+            lines.append(f"| {m} | " + " | ".join(f"{100 * pc[c]['accuracy']:.0f}%" if c in pc else "-" for c in cats) + " |")
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(modes, accs, color=["#999", "#4a8", "#48c"][: len(modes)])
     ax.axhline(100 * chance, color="r", ls="--", label="chance")
     ax.set_ylabel("accuracy %"); ax.set_ylim(0, 100); ax.legend()
     fig.tight_layout(); fig.savefig(out / "accuracy_by_mode.png", dpi=100); plt.close(fig)
     c = info["caption"]
-    lines += ["", f"## Captions of a held-out video (`{Path(c['video']).name}`)", "", f"Truth: {c.get('truth', '?')}", "",
-              "| mode | caption |", "|---|---|"]
-    lines += [f"| {m} | {t} |" for m, t in c["captions"].items()]
+    videos = c.get("videos") or [{"video": c["video"], "truth": c.get("truth", "?"), "captions": c["captions"], "correct": {}}]
+    lines += ["", f"## Captions of {len(videos)} held-out videos", "",
+              "| video | truth | mode | caption | colour / shape / direction / count |", "|---|---|---|---|---|"]
+    for v in videos:
+        for m, t in v["captions"].items():
+            ok = v.get("correct", {}).get(m)
+            marks = " / ".join("✓" if ok[a] else "✗" for a in ("colour", "shape", "direction", "count")) if ok else ""
+            lines.append(f"| `{Path(v['video']).name}` | {v['truth']} | {m} | {t} | {marks} |")
     lines += ["", f"Total {info['seconds'] / 60:.1f} min.", "", "![loss](loss_curves.png) ![accuracy](accuracy_by_mode.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

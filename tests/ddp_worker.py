@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from fvlm_cli.model.build import build_model, preset
 from fvlm_cli.settings import OptimConfig
+from fvlm_cli.train.loop import wrap_ddp
 from fvlm_cli.train.optim import build_optimizer, build_scheduler
 
 
@@ -24,7 +25,7 @@ def global_batches(n_micro: int, B: int = 4, T: int = 3, S: int = 8):
         ids = torch.randint(3, 2000, (B, S), generator=g)
         fm = torch.ones(B, T, dtype=torch.bool)
         if i % 2 == 1:
-            fm[:] = False  # a text-only micro-batch: the vision path is unused (find_unused_parameters)
+            fm[:] = False  # a text-only micro-batch: the vision path runs on masked slots (zero gradients)
         out.append(dict(frames=frames, input_ids=ids, frame_mask=fm))
     return out
 
@@ -39,7 +40,7 @@ def main():
     model = build_model(preset("tiny")).train()
     opt = build_optimizer(model, OptimConfig(), torch.device("cpu"))
     sched = build_scheduler(opt, K, OptimConfig(warmup=0.0))
-    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    net = wrap_ddp(model, "coarse_fine", torch.device("cpu")) if world > 1 else model  # as the loop wraps it
     batches = global_batches(K * accum)
     for step in range(K):
         for micro in range(accum):

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from fvlm_cli.model.build import build_model, preset
-from fvlm_cli.profile import Switches, apply_switches, synthetic_batch
+from fvlm_cli.profile import synthetic_batch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import reference_variants  # noqa: E402  (measurement code lives in benchmarks/)
 ONE_THREAD = ["--set", "profile.threads=1"]  # steady on a shared CI machine
 
 
@@ -80,10 +82,9 @@ def tiny():
     return build_model(preset("tiny"), pretrained=False).eval()
 
 
-def _loss(model, batch, mode, switches=None):
-    if switches is not None:
-        model = _copy(model)
-        apply_switches(model, switches)
+def _loss(model, batch, mode, variant=None):
+    if variant is not None:
+        model = reference_variants.apply(_copy(model), variant)
     with torch.no_grad():
         return float(model(**batch, mode=mode, return_logits=False)["loss"])
 
@@ -94,15 +95,15 @@ def _copy(model):
     return copy.deepcopy(model)
 
 
-@pytest.mark.parametrize("switch", [{"coarse_pass": "full"}, {"lm_head": "all"}, {"dino_padded": True}])
+@pytest.mark.parametrize("variant", list(reference_variants.VARIANTS))
 @pytest.mark.parametrize("mode", ["coarse_only", "coarse_fine", "autoregressive"])
 @pytest.mark.parametrize("question_first", [False, True])
-def test_reference_variants_give_the_same_loss(tiny, switch, mode, question_first):
+def test_reference_variants_give_the_same_loss(tiny, variant, mode, question_first):
     batch = synthetic_batch(tiny, 3, 4, 12, ragged=True, seed=1)  # 4, 3, 2 frames: padded slots exist
     if question_first:
         batch["visual_pos"] = torch.tensor([5, 0, 9])
     base = _loss(tiny, batch, mode)
-    assert _loss(tiny, batch, mode, Switches(**switch)) == pytest.approx(base, abs=1e-4)
+    assert _loss(tiny, batch, mode, variant) == pytest.approx(base, abs=1e-4)
 
 
 def test_answer_tokens_put_the_loss_on_the_tail_only(tiny):
@@ -111,21 +112,20 @@ def test_answer_tokens_put_the_loss_on_the_tail_only(tiny):
     assert batch["attention_mask"].sum() == 20
 
 
-def test_dino_padded_reference_really_encodes_the_padded_slots(tiny, monkeypatch):
-    model = _copy(tiny)
-    apply_switches(model, Switches(dino_padded=True))
-    seen = []
-    inner = model.encoder.encode
-    monkeypatch.setattr(model.encoder, "encode", lambda pixels: seen.append(pixels.shape[0]) or inner(pixels))
-    batch = synthetic_batch(model, 3, 4, 8, ragged=True)
-    with torch.no_grad():
-        model(**batch, mode="coarse_fine")
-    assert seen == [12]  # B x T slots, against 9 real frames on the library's path
+def test_library_encodes_every_slot_and_the_reference_only_real_frames(tiny, monkeypatch):
+    for variant, expected in ((None, [12]), ("dino_real_only", [9])):  # B x T slots (static) vs 9 real frames
+        model = _copy(tiny) if variant is None else reference_variants.apply(_copy(tiny), variant)
+        seen = []
+        inner = model.encoder.encode
+        monkeypatch.setattr(model.encoder, "encode", lambda pixels, inner=inner, **kw: seen.append(pixels.shape[0]) or inner(pixels, **kw))
+        batch = synthetic_batch(model, 3, 4, 8, ragged=True)
+        with torch.no_grad():
+            model(**batch, mode="coarse_fine")
+        assert seen == expected, variant
 
 
 def test_full_coarse_pass_reference_runs_the_longer_sequence(tiny, monkeypatch):
-    model = _copy(tiny)
-    apply_switches(model, Switches(coarse_pass="full"))
+    model = reference_variants.apply(_copy(tiny), "full_coarse_pass")
     lengths = []
     inner = model._run_packed
     monkeypatch.setattr(model, "_run_packed", lambda e, v, layout: lengths.append(layout.index.shape[1]) or inner(e, v, layout))
@@ -133,3 +133,12 @@ def test_full_coarse_pass_reference_runs_the_longer_sequence(tiny, monkeypatch):
     with torch.no_grad():
         model(**batch, mode="coarse_fine")
     assert lengths == [3 + 10, 3 + 10]  # the coarse pass is as long as the main pass (visual only: 3)
+
+
+def test_profile_variant_script_binds_the_reference(tmp_path):
+    out = tmp_path / "v.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_variant.py"), "lm_head_all", "train",
+                        "--steps", "1", "--batch-size", "2", "--frames", "2", "--text-tokens", "8", "--out", str(out),
+                        *ONE_THREAD], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["target"] == "train"

@@ -30,8 +30,8 @@ def profile(
 
     --set takes the training config's keys (model.gradient_checkpointing=true, model.attn_implementation=eager,
     optim.fused=false, train.tf32=false, train.compile=true, data.frame_budget=64) and the profile switches
-    (profile.coarse_pass=full, profile.lm_head=all, profile.dino_padded=true, profile.ragged=true,
-    profile.compile=query, profile.pin_memory=true, profile.split=false, profile.workers=[0,1,2], ...).
+    (profile.ragged=true, profile.compile=query, profile.pin_memory=true, profile.split=false,
+    profile.workers=[0,1,2], ...). Reference variants: benchmarks/profile_variant.py.
     """
     import json
 

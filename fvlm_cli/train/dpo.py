@@ -11,19 +11,20 @@ def dpo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r:
     chosen = beta * (pi_c - ref_c)
     rejected = beta * (pi_r - ref_r)
     loss = -F.logsigmoid(chosen - rejected).mean()
-    metrics = {
-        "rewards/chosen": chosen.detach().mean().item(),
-        "rewards/rejected": rejected.detach().mean().item(),
-        "rewards/accuracies": (chosen > rejected).float().mean().item(),
-        "rewards/margins": (chosen - rejected).detach().mean().item(),
-        "logps/chosen": pi_c.detach().mean().item(),
-        "logps/rejected": pi_r.detach().mean().item(),
+    metrics = {  # device tensors: the loop reads them at log steps only
+        "rewards/chosen": chosen.detach().mean(),
+        "rewards/rejected": rejected.detach().mean(),
+        "rewards/accuracies": (chosen > rejected).float().mean(),
+        "rewards/margins": (chosen - rejected).detach().mean(),
+        "logps/chosen": pi_c.detach().mean(),
+        "logps/rejected": pi_r.detach().mean(),
     }
     return loss, metrics
 
 
 def pair_batch(batch: dict) -> dict:
-    """A DPO batch -> one forward batch of 2B rows (chosen first, then rejected), frames shared by repetition."""
+    """A DPO batch -> one forward batch of 2B text rows (chosen first, then rejected) over the B videos: pass
+    `repeat_frames=2` to the model, which runs DINO's patch pass once per video for both rows."""
     out = {}
     for key in ("input_ids", "attention_mask", "loss_mask"):
         c, r = batch[f"chosen_{key}"], batch[f"rejected_{key}"]
@@ -33,6 +34,6 @@ def pair_batch(batch: dict) -> dict:
         r = F.pad(r, (0, L - r.shape[1]), value=pad)
         out[key] = torch.cat([c, r])
     out["visual_pos"] = torch.cat([batch["chosen_visual_pos"], batch["rejected_visual_pos"]])
-    out["frames"] = torch.cat([batch["frames"], batch["frames"]])
-    out["frame_mask"] = torch.cat([batch["frame_mask"], batch["frame_mask"]])
+    out["frames"] = batch["frames"]
+    out["frame_mask"] = batch["frame_mask"]
     return out

@@ -29,7 +29,7 @@ from fvlm_cli.train import checkpoint
 from fvlm_cli.train.dpo import dpo_loss, pair_batch
 from fvlm_cli.train.flops import peak_flops, sample_flops
 from fvlm_cli.train.logger import MetricsLogger
-from fvlm_cli.train.optim import build_optimizer, build_scheduler, lrs
+from fvlm_cli.train.optim import build_optimizer, build_scheduler, lrs, masked_step
 
 
 def load_run_config(path: str | None, overrides: list[str] | None = None, flags: dict | None = None,
@@ -38,13 +38,19 @@ def load_run_config(path: str | None, overrides: list[str] | None = None, flags:
 
     `model: <preset>` (a string) expands to that preset's model section.
     """
-    data = cfglib.deep_merge(base or {}, cfglib.read_yaml(path) if path else {})
-    data = cfglib.apply_overrides(data, overrides, None)
+    def expand(d: dict) -> dict:
+        if isinstance(d.get("model"), str):
+            d["model"] = cfglib.read_yaml(cfglib.CONFIG_DIR / "model" / f"{d['model']}.yaml")
+        return d
+
+    data = expand(cfglib.deep_merge(base or {}, cfglib.read_yaml(path) if path else {}))  # model.* overrides apply to the preset
+    preset = [o for o in overrides or [] if o.split("=", 1)[0].strip() == "model"]  # `model=<preset>` first
+    data = expand(cfglib.apply_overrides(data, preset, None))
+    data = cfglib.apply_overrides(data, [o for o in overrides or [] if o not in preset], None)
     for key, value in (flags or {}).items():
         cfglib.assign(data, key, value)
-    if isinstance(data.get("model"), str):
-        data["model"] = cfglib.read_yaml(cfglib.CONFIG_DIR / "model" / f"{data['model']}.yaml")
-        data = cfglib.apply_overrides(data, [o for o in overrides or [] if o.startswith("model.")], None)
+    if isinstance(data.get("model"), str):  # `model=<preset>` given as an override
+        data = cfglib.apply_overrides(expand(data), [o for o in overrides or [] if o.startswith("model.")], None)
     return cfglib.from_dict(RunConfig, data)
 
 
@@ -83,12 +89,35 @@ def _memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _all_ok(flag: bool, device: torch.device, world: int) -> bool:
-    if world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item() > 0)
+def compile_encoder(model) -> None:
+    """`train.compile`: torch.compile the DINO patch pass and the query walk (the hot, shape-stable parts). The bound
+    methods are compiled, not the module, so parameter names keep no `_orig_mod.` prefix. Gradient checkpointing
+    stays non-reentrant (build.py), which is what compile needs (SPEC §10: reentrant + compile gave NaN)."""
+    model.encoder.encode = torch.compile(model.encoder.encode)
+    model.encoder.query = torch.compile(model.encoder.query)
+
+
+def wrap_ddp(model, mode: str, device: torch.device):
+    """DDP without the per-step unused-parameter search: the parameters `mode` never uses are ignored by DDP."""
+    DDP = torch.nn.parallel.DistributedDataParallel
+    DDP._set_params_and_buffers_to_ignore_for_model(model, sorted(model.unused_parameters(mode)))
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+
+
+def step_bounds(host: dict, dpo: bool):
+    """Shape bounds for the forward from the batch while it is still on the host (no device read)."""
+    from fvlm_cli.model.vlm import Bounds
+
+    if dpo:
+        pb = pair_batch(host)
+        return Bounds.of(pb["visual_pos"], pb["loss_mask"], pb["attention_mask"])
+    return Bounds.of(host["visual_pos"], host.get("loss_mask"), host.get("attention_mask"))
+
+
+def batch_counts(host: dict) -> tuple[int, int, int]:
+    """(samples, real frames, text tokens) of a host batch, for throughput and MFU."""
+    am = host["attention_mask"] if "attention_mask" in host else host["chosen_attention_mask"]
+    return host["frames"].shape[0], int(host["frame_mask"].sum()), int(am.sum())
 
 
 def _mean(x: float, device: torch.device, world: int) -> float:
@@ -134,14 +163,12 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     model.to(device).train()
     opt = build_optimizer(model, cfg.optim, device)
     sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
-    if cfg.train.compile:
-        model.encoder.encode = torch.compile(model.encoder.encode)
-        model.encoder.query = torch.compile(model.encoder.query)
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)  # text-only batches leave the vision path unused
+    if cfg.train.compile:  # the DINO patch pass and the query walk; the module itself stays uncompiled, so its
+        # state_dict has no `_orig_mod.` prefix (checkpoint.save strips one anyway)
+        compile_encoder(model)
+    # Parameters a forward in this mode never uses are left out of DDP (a fixed set: text-only batches run the
+    # vision path on one masked slot), so DDP needs no unused-parameter search on every step.
+    net = wrap_ddp(model, cfg.train.mode, device) if world > 1 else model
     stage = 3 if dpo else cfg.train.stage
     loader = build_train_loader(cfg, tokenizer, stage=stage, rank=rank, world_size=world, dpo=dpo,
                                 pin_memory=device.type == "cuda")  # so non_blocking copies really overlap
@@ -166,19 +193,26 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     peak = peak_flops(device)
     ac = lambda: autocast(device, dtype)
     it = iter(loader)
-    bad = 0
     last_val: dict = {}
-    t_last, n_last = time.perf_counter(), 0
+    t_last = time.perf_counter()
     counters = {"samples": 0, "frames": 0, "tokens": 0, "flops": 0.0}
     if val_batches and start == 0:  # the starting point, so curves show what training changed
         last_val = validate(model, val_batches, cfg.train.eval_modes, device, ac)
         log.log({"step": 0, **{f"val/{k}": v for k, v in last_val.items()}}, total=cfg.train.steps)
+    # Device-side bookkeeping: nothing below reads a device value back except at log/eval/save steps.
+    zero = lambda: torch.zeros((), device=device)
+    skipped_acc, bad_run, worst_run = zero(), zero(), zero()
+    skipped_base, last_loss, gnorm, dpo_metrics = skipped, zero(), zero(), {}
+    pending = 0  # samples this rank trained since samples_seen was last summed over ranks
     for step in range(start, cfg.train.steps):
-        loss_sum, dpo_metrics = 0.0, {}
         t_data = 0.0
+        loss_sum = zero()
         for micro in range(cfg.train.grad_accum):
             t0 = time.perf_counter()
-            batch = to_device(next(it), device)
+            host = next(it)
+            hints = step_bounds(host, dpo)  # from the host tensors: free
+            B, nf, nt = batch_counts(host)
+            batch = to_device(host, device)
             t_data += time.perf_counter() - t0
             sync = micro == cfg.train.grad_accum - 1
             ctx = net.no_sync() if (world > 1 and not sync) else nullcontext()
@@ -186,60 +220,66 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
                 with ac():
                     if dpo:
                         pb = pair_batch(batch)
-                        out = net(**pb, mode=cfg.train.mode, return_logits=False)
-                        B = batch["frames"].shape[0]
+                        out = net(**pb, mode=cfg.train.mode, return_logits=False, bounds=hints, repeat_frames=2)
                         pi_c, pi_r = out["logps"][:B].float(), out["logps"][B:].float()
-                        ref_c, ref_r = _reference(ref_model, pb, batch, cfg, ref_cache, B)
+                        ref_c, ref_r = _reference(ref_model, pb, batch, cfg, ref_cache, B, hints)
                         loss, dpo_metrics = dpo_loss(pi_c, pi_r, ref_c, ref_r, cfg.dpo.beta)
                     else:
-                        out = net(**model_inputs(batch), mode=cfg.train.mode, return_logits=False)
+                        out = net(**model_inputs(batch), mode=cfg.train.mode, return_logits=False, bounds=hints)
                         loss = out["loss"]
                 (loss / cfg.train.grad_accum).backward()
-            loss_sum += float(loss.detach())
-            B = batch["frames"].shape[0]
-            nf = int(batch["frame_mask"].sum())
-            nt = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["chosen_attention_mask"].sum())
+            loss_sum = loss_sum + loss.detach().float()
+            pending += B
             counters["samples"] += B
             counters["frames"] += nf
             counters["tokens"] += nt
             counters["flops"] += sample_flops(model, nf / max(B, 1), nt / max(B, 1), cfg.train.mode) * B * (2 if dpo else 1)
-        loss_val = loss_sum / cfg.train.grad_accum
+        last_loss = loss_sum / cfg.train.grad_accum
         params = [p for p in model.parameters() if p.requires_grad]
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-        ok = _all_ok(bool(torch.isfinite(torch.tensor(loss_val)) and torch.isfinite(gnorm)), device, world)
-        if ok:
-            opt.step()
-            bad = 0
-        else:
-            skipped += 1
-            bad += 1
+        # A non-finite loss or gradient skips the update on the device (the fused optimizer's found_inf), on every
+        # rank together (the flag is all-reduced); the count is read at the next log/save step.
+        ok = torch.isfinite(last_loss) & torch.isfinite(gnorm)
+        if world > 1:
+            flag = ok.float()
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            ok = flag > 0
+        masked_step(opt, ok)
+        bad = (~ok).float()
+        skipped_acc += bad
+        bad_run = (bad_run + 1) * bad
+        worst_run = torch.maximum(worst_run, bad_run)
         opt.zero_grad(set_to_none=True)
         sched.step()
         step_no = step + 1
-        if not ok and bad >= cfg.train.max_bad_steps:
-            _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, None)
-            raise TrainingError(f"{bad} consecutive non-finite losses at step {step_no}; saved a checkpoint in "
-                                f"{run_dir}/checkpoints (lower the LR or check the data)")
-        samples_seen += _sum_int(counters["samples"] - n_last, device, world)
-        n_last = counters["samples"]
-        if step_no % cfg.train.log_every == 0 or step_no == cfg.train.steps or step_no == start + 1:
+        is_last = step_no == cfg.train.steps
+        log_now = step_no % cfg.train.log_every == 0 or is_last or step_no == start + 1
+        save_now = bool(cfg.train.save_every and step_no % cfg.train.save_every == 0) or is_last
+        eval_now = bool(val_batches) and ((cfg.train.eval_every and step_no % cfg.train.eval_every == 0) or is_last)
+        if log_now or save_now or eval_now:  # the only host reads of the step
+            samples_seen += _sum_int(pending, device, world)
+            pending = 0
+            skipped = skipped_base + int(skipped_acc.item())
+            if worst_run.item() >= cfg.train.max_bad_steps:
+                _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, None)
+                raise TrainingError(f"{int(worst_run.item())} consecutive non-finite losses by step {step_no}; saved a "
+                                    f"checkpoint in {run_dir}/checkpoints (lower the LR or check the data)")
+        if log_now:
             now = time.perf_counter()
             dt = max(now - t_last, 1e-9)
-            rec = {"step": step_no, "loss": _mean(loss_val, device, world), "grad_norm": float(gnorm),
+            rec = {"step": step_no, "loss": _mean(float(last_loss), device, world), "grad_norm": float(gnorm),
                    **lrs(opt), "samples_per_s": counters["samples"] * world / dt,
                    "frames_per_s": counters["frames"] * world / dt, "tokens_per_s": counters["tokens"] * world / dt,
                    "data_wait_s": t_data, "mfu": (counters["flops"] / dt / peak) if peak else None,
                    "memory_gb": _memory_gb(device), "samples_seen": samples_seen, "skipped_steps": skipped,
-                   **dpo_metrics}
+                   **{k: float(v) for k, v in dpo_metrics.items()}}
             log.log(rec, total=cfg.train.steps)
             t_last = now
             counters = {"samples": 0, "frames": 0, "tokens": 0, "flops": 0.0}
-            n_last = 0
-        is_last = step_no == cfg.train.steps
-        if val_batches and ((cfg.train.eval_every and step_no % cfg.train.eval_every == 0) or is_last):
+        if eval_now:
             last_val = validate(model, val_batches, cfg.train.eval_modes, device, ac)
             log.log({"step": step_no, **{f"val/{k}": v for k, v in last_val.items()}}, total=cfg.train.steps)
-        if (cfg.train.save_every and step_no % cfg.train.save_every == 0) or is_last:
+        if save_now:
             metric = None
             if last_val:
                 metric = last_val.get(cfg.train.best_metric.removeprefix("val/"))
@@ -262,7 +302,7 @@ def _sum_int(x: int, device, world: int) -> int:
     return int(t.item())
 
 
-def _reference(ref_model, pb, batch, cfg, cache, B):
+def _reference(ref_model, pb, batch, cfg, cache, B, hints=None):
     """Reference log-probs of chosen/rejected: the frozen initial model, or its precomputed values."""
     if cfg.dpo.reference == "precomputed":
         missing = [i for i in batch["ids"] if i not in cache]
@@ -271,7 +311,7 @@ def _reference(ref_model, pb, batch, cfg, cache, B):
         vals = torch.tensor([cache[i] for i in batch["ids"]], device=pb["frames"].device)
         return vals[:, 0], vals[:, 1]
     with torch.no_grad():
-        out = ref_model(**pb, mode=cfg.train.mode, return_logits=False)
+        out = ref_model(**pb, mode=cfg.train.mode, return_logits=False, bounds=hints, repeat_frames=2)
     return out["logps"][:B].float(), out["logps"][B:].float()
 
 
@@ -289,7 +329,7 @@ def _precompute_reference(ref_model, cfg: RunConfig, tokenizer, run_dir: Path, d
         for batch in build_eval_loader(s.path, tokenizer, cfg, stage=3, dpo=True):
             b = to_device(batch, device)
             pb = pair_batch(b)
-            out = ref_model(**pb, mode=cfg.train.mode, return_logits=False)
+            out = ref_model(**pb, mode=cfg.train.mode, return_logits=False, repeat_frames=2)
             B = b["frames"].shape[0]
             for i, c, r in zip(b["ids"], out["logps"][:B].tolist(), out["logps"][B:].tolist()):
                 cache[i] = (c, r)

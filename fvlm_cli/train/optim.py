@@ -1,7 +1,8 @@
 """Parameter groups and LR schedules (SPEC §4).
 
 Groups: connector (all projections incl. output_proj, both queries), DINO, LLM; each with its own LR
-and freeze switch. No weight decay on norms, biases and the queries.
+and freeze switch. No weight decay on norms, biases and the queries. AdamW is fused wherever torch has the
+kernel (CUDA and, since torch 2.4, CPU): one kernel per step and a device-side skip of non-finite steps.
 """
 
 from __future__ import annotations
@@ -43,8 +44,28 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.devi
         from fvlm_cli.errors import ConfigError
 
         raise ConfigError("every parameter group is frozen (optim.*.frozen): nothing to train")
-    fused = cfg.fused and device.type == "cuda"
-    return torch.optim.AdamW(params, lr=params[0]["lr"], betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
+    fused = cfg.fused and device.type in _fused_devices()
+    return torch.optim.AdamW(params, lr=params[0]["lr"], betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+
+
+def _fused_devices() -> list[str]:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return _get_fused_kernels_supported_devices()
+
+
+def masked_step(opt: torch.optim.Optimizer, ok: torch.Tensor) -> None:
+    """opt.step() where the device flag `ok` is true, a no-op (parameters, moments and step count unchanged) where
+    false, without reading `ok` back: the fused AdamW kernel takes it as `found_inf`, as GradScaler uses it. An
+    unfused optimizer has no such input, so it reads the flag (one host sync per step)."""
+    if opt.defaults.get("fused"):
+        opt.found_inf = (~ok).float()
+        try:
+            opt.step()
+        finally:
+            del opt.found_inf
+    elif bool(ok):
+        opt.step()
 
 
 def lr_at(step: int, total: int, start: float, end: float | None, cfg: OptimConfig) -> float:
