@@ -1,6 +1,7 @@
 """Training: exact resume after SIGKILL, DDP equivalence, learning direction, DPO metrics, errors."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -63,6 +64,11 @@ def test_resume_after_sigkill_is_exact(shards, tmp_path):
     r = subprocess.run(_args(shards, killed, 8, "--set", "train.save_every=2", "--resume"), env=ENV, cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    m = re.search(r"resumed from step (\d+)", r.stderr)  # it resumed: a restart from step 0 fails here
+    assert m and int(m.group(1)) >= 4, r.stderr
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert len(steps) == len(set(steps))  # each logged step once
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys()
     for k in a:

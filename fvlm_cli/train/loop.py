@@ -120,6 +120,15 @@ def batch_counts(host: dict) -> tuple[int, int, int]:
     return host["frames"].shape[0], int(host["frame_mask"].sum()), int(am.sum())
 
 
+def _all_ok(flag: bool, device: torch.device, world: int) -> bool:
+    """True on every rank iff `flag` is true on every rank (a failed save stops all ranks together)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0)
+
+
 def _mean(x: float, device: torch.device, world: int) -> float:
     if world == 1:
         return x
