@@ -14,6 +14,29 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model is latency-bound: one torch thread is fastest, and far steadier on a shared CI box.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    """The tiny preset (random weights, seed 0) on CPU, loaded once per module."""
+    import torch
+
+    from fvlm_cli.model.build import load_model
+
+    torch.manual_seed(0)
+    return load_model("tiny", device="cpu")
+
+
 class LocalServer:
     """http://127.0.0.1:<ephemeral port>: serves `files`, optionally after `delay` seconds, failing with the
     statuses queued in `fail` first, or without a Content-Length header for paths in `no_length`."""

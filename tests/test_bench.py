@@ -16,7 +16,6 @@ from fvlm_cli.errors import DataError, FvlmError
 from fvlm_cli.eval import bench, mcq
 from fvlm_cli.eval.letters import answer_letter
 from fvlm_cli.eval.stats import accuracy_summary, clustered_se
-from fvlm_cli.model.build import load_model
 from fvlm_cli.model import scoring
 from fvlm_cli.model.generate import generate_ids
 
@@ -49,19 +48,8 @@ def mcq_samples(n, *, yes_no=False, start=0):
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is latency-bound: one thread is fastest, and far steadier on a shared CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def lm():
-    torch.manual_seed(0)
-    return load_model("tiny", device="cpu")
 
 
 @pytest.fixture(scope="module")

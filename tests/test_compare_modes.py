@@ -14,24 +14,13 @@ from PIL import Image
 from media_factory import write_image, write_video
 
 from fvlm_cli.eval import compare
-from fvlm_cli.model.build import load_model
 from fvlm_cli.model.vlm import build_layout
 
 MODES = ("coarse_only", "coarse_fine", "autoregressive")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def lm():
-    torch.manual_seed(0)
-    return load_model("tiny", device="cpu")
 
 
 @pytest.mark.parametrize("visual_pos", [0, 3])
