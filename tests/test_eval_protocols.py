@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from shard_factory import write_shards
-from test_bench import MODES, lm, mcq_samples, one_thread  # noqa: F401  (fixtures)
+from test_bench import MODES, mcq_samples
 
 from fvlm_cli.data.media import frames_to_tensor
 from fvlm_cli.errors import FvlmError
 from fvlm_cli.eval import bench, lmms_eval, mcq, reference
 from fvlm_cli.eval.report import render_results_md
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _questions(n, start=0):
