@@ -110,3 +110,24 @@ def test_param_groups_no_decay_on_norms_biases_queries():
     assert "encoder.output_proj.weight" in groups[("connector", True)]
     assert all("norm" in n or n.endswith(".bias") or n in ("q_static", "q_init") for n in
                [n for (g, decay), ns in groups.items() if not decay for n in ns])
+
+
+def test_config_validate_checks_local_shard_sets_and_lists_remote_ones(tmp_path):
+    """Local globs and directories must resolve to shards; remote sets are named as not checked, never fetched or
+    reported missing."""
+    from typer.testing import CliRunner
+
+    from fvlm_cli.cli import app
+
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "shard-000000.tar").write_bytes(b"")
+    sets = [str(tmp_path / "set" / "shard-*.tar"), "https://example.invalid/s-{000000..000003}.tar",
+            str(tmp_path / "absent")]
+    over = ["--set", "data.train=[" + ", ".join("{path: '%s'}" % s for s in sets) + "]", "--set", "data.val=null",
+            "--set", "train.init_from=null"]
+    r = CliRunner().invoke(app, ["config", "validate", str(ROOT / "configs/train/tiny-stage1.yaml"), *over])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    missing = next(x for x in lines if x.startswith("not found yet"))
+    assert str(tmp_path / "absent") in missing and "shard-*" not in missing and "example.invalid" not in missing
+    assert any(x.startswith("remote, not checked: https://example.invalid/") for x in lines)

@@ -35,24 +35,33 @@ def show(name: str = typer.Argument(..., help="config name or path"), overrides:
 
 @app.command("validate")
 def validate(name: str = typer.Argument(..., help="config name or path"), overrides: Optional[List[str]] = SetOpt) -> None:
-    """Check a config before a long run: keys, types, and that referenced paths exist."""
+    """Check a config before a long run: keys, types, and that referenced paths exist (local shard sets must resolve
+    to at least one shard; remote ones, URL / pipe: / hf://, are listed, not fetched)."""
     from pathlib import Path as _P
 
+    from fvlm_cli.data import remote
+    from fvlm_cli.data.shards import resolve_shards
+    from fvlm_cli.errors import DataError
     from fvlm_cli.settings import RunConfig
 
     cfg = _resolve(name, overrides)
-    missing = []
+    missing, unchecked = [], []
     if isinstance(cfg, RunConfig):
-        for s in [*cfg.data.train, *cfg.data.text]:
-            if not _P(s.path).exists():
-                missing.append(s.path)
-        if cfg.data.val and not _P(cfg.data.val).exists():
-            missing.append(cfg.data.val)
+        for spec in [s.path for s in [*cfg.data.train, *cfg.data.text]] + ([cfg.data.val] if cfg.data.val else []):
+            if remote.is_remote(spec):
+                unchecked.append(spec)
+                continue
+            try:
+                resolve_shards(spec)
+            except DataError:
+                missing.append(spec)
         if cfg.train.init_from and not _P(cfg.train.init_from).exists():
             missing.append(f"init_from {cfg.train.init_from}")
     typer.echo(f"ok: {name} (keys and types valid)")
     if missing:
         typer.echo("not found yet (create them before training): " + ", ".join(missing))
+    if unchecked:
+        typer.echo("remote, not checked: " + ", ".join(unchecked))
 
 
 @app.command("keys")
