@@ -9,6 +9,11 @@ can learn from the synthetic videos, and what a trained model's visual tokens ca
         Linear probes (held-out bench videos) on the visual tokens a trained model feeds its LLM, per mode, and on
         all of DINO's patch features. RUN_DIR: a speedrun's stage2 or dpo folder. -> results/speedrun_vision_probe.json
 
+    OMP_NUM_THREADS=1 python benchmarks/speedrun_vision.py oracle OUT [--steps-scale S] [--set KEY=VALUE ...]
+        The whole speedrun with a perfect vision path: every frame token is a fixed random map of the object's true
+        centroid (x, y), its area and its mean colour, computed from the pixels (DINO and the query are bypassed,
+        monkeypatched here, not in the library). What the LLM and the recipe can learn from ideal tokens.
+
 Every figure is test accuracy on held-out videos (the bench split), chance 1/3 for shape and 1/4 for direction.
 """
 
@@ -176,6 +181,61 @@ def cmd_probe(args) -> dict:
             "train_videos": args.videos, "rows": rows}
 
 
+# ---------------------------------------------------------------------------------------------------- oracle
+
+ORACLE_DIM = 6
+
+
+def oracle_features(pixels: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] normalised frames -> [N, 6]: object centroid x, y in [-1, 1], area (x10 of the frame fraction) and
+    mean object colour. The background is the median of the top and bottom rows (flat grey in the synthetic videos)."""
+    n, _, h, w = pixels.shape
+    border = torch.cat([pixels[:, :, 0, :], pixels[:, :, -1, :]], dim=-1)
+    mask = ((pixels - border.median(dim=-1).values[:, :, None, None]).abs().sum(1) > 0.5).to(pixels.dtype)
+    area = mask.sum((1, 2)).clamp(min=1)
+    ys = torch.linspace(-1, 1, h, dtype=pixels.dtype)[None, :, None]
+    xs = torch.linspace(-1, 1, w, dtype=pixels.dtype)[None, None, :]
+    cx, cy = (mask * xs).sum((1, 2)) / area, (mask * ys).sum((1, 2)) / area
+    colour = (pixels * mask[:, None]).sum((2, 3)) / area[:, None]
+    return torch.cat([cx[:, None], cy[:, None], (area / (h * w))[:, None] * 10, colour], dim=1).detach()
+
+
+def patch_oracle() -> None:
+    """Make every FoveatedEncoder read the oracle: `encode` appends the features as an extra cache entry (so every
+    FrameCache transform carries them: select, per_slot, repeat), `query` returns output_proj(fixed map of them)."""
+    from fvlm_cli.model import encoder as enc_mod
+
+    cls = enc_mod.FoveatedEncoder
+    encode, query = cls.encode, cls.query
+
+    def oracle_encode(self, pixels):
+        cache = encode(self, pixels)
+        cache.keys.append(oracle_features(pixels)[:, None, None, :])
+        return cache
+
+    def oracle_query(self, q, cache, return_attention=False):
+        if len(cache.keys) <= len(self.dino.encoder.layer):
+            return query(self, q, cache, return_attention)
+        w = torch.randn(ORACLE_DIM, self.dim, generator=torch.Generator().manual_seed(0)) * 3.0
+        o = cache.keys[-1][:, 0, 0, :]
+        z = self.output_proj(o @ w.to(o.dtype) + 0 * self.query_input_proj(q))  # q stays in the graph (DDP, compile)
+        if not return_attention:
+            return z
+        k = cache.keys[0]
+        return z, torch.full((len(self.dino.encoder.layer), k.shape[0], k.shape[1], k.shape[2]), 1.0 / k.shape[2])
+
+    cls.encode, cls.query = oracle_encode, oracle_query
+
+
+def cmd_oracle(args) -> dict:
+    from fvlm_cli.speedrun import run_speedrun
+
+    patch_oracle()
+    info = run_speedrun(args.out, steps_scale=args.steps_scale, overrides=args.set)
+    return {"what": "the speedrun with oracle frame tokens (object centroid, area, colour)", "steps_scale":
+            args.steps_scale, "overrides": args.set, "bench": info["bench"]["results"], "seconds": info["seconds"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -185,10 +245,19 @@ def main() -> None:
     p = sub.add_parser("probe")
     p.add_argument("runs", nargs="+")
     p.add_argument("--videos", type=int, default=1200)
+    o = sub.add_parser("oracle")
+    o.add_argument("run_out")
+    o.add_argument("--steps-scale", type=float, default=1.0)
+    o.add_argument("--set", action="append", default=[])
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    res = cmd_learn(args) if args.cmd == "learn" else cmd_probe(args)
+    if args.cmd == "oracle":
+        args.out, out_json = args.run_out, args.out
+        res = cmd_oracle(args)
+        args.out = out_json
+    else:
+        res = cmd_learn(args) if args.cmd == "learn" else cmd_probe(args)
     res.update(torch=torch.__version__, threads=torch.get_num_threads())
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"speedrun_vision_{args.cmd}.json")
     out.write_text(json.dumps(res, indent=2) + "\n")
