@@ -99,8 +99,8 @@ def equivalence(model, batches: list[dict], mode: str) -> dict:
 
     This is the equivalence check. The per-step losses of the timed runs drift apart after a few optimizer steps
     (recorded, not checked): AdamW's first steps move every parameter by about +-LR whatever its gradient's size, so
-    parameters whose gradient is rounding noise (the DINO key biases, whose exact gradient is zero) move in directions
-    set by the last bit, and the wide-init tiny DINO amplifies that (docs/LOG.md, issue 13)."""
+    where a gradient is at rounding-noise level the sign of the step is set by the last bit, and the differences grow
+    step by step; the wide-init tiny DINO amplifies that (docs/LOG.md, issue 13)."""
     old, new = as_before(model).train(), copy.deepcopy(model).train()
     loss_diff, grad_diff = 0.0, 0.0
     for host in batches:
@@ -157,9 +157,8 @@ def run_shape(name: str, rounds: int, block: int, warmup: int, mode: str, ragged
            "equivalence": equivalence(model, batches, mode)}
     if compiled:
         c = runners["compiled"]
-        # Only the first step can agree to 1e-5: AdamW turns the rounding noise in the DINO key biases' gradients
-        # (exactly zero in exact arithmetic: softmax ignores a shift shared by all keys) into LR-sized steps, and
-        # compiled and eager kernels round differently, so later losses drift (docs/LOG.md, issue 13).
+        # Only the first step can agree to 1e-5: compiled and eager kernels round differently, and AdamW turns
+        # noise-level gradients into LR-sized steps, so later losses drift (see `equivalence`).
         res["compiled"] = {"step_s_median": statistics.median(c.times), "step_cpu_s_median": statistics.median(c.cpu),
                            "speedup": med["before"] / statistics.median(c.times),
                            "speedup_cpu_time": cpu["before"] / statistics.median(c.cpu),
