@@ -20,6 +20,7 @@ Every figure is test accuracy on held-out videos (the bench split), chance 1/3 f
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -200,6 +201,12 @@ def oracle_features(pixels: torch.Tensor) -> torch.Tensor:
     return torch.cat([cx[:, None], cy[:, None], (area / (h * w))[:, None] * 10, colour], dim=1).detach()
 
 
+@functools.lru_cache(maxsize=None)
+def oracle_map(dim: int) -> torch.Tensor:
+    """The fixed random [6, dim] map from oracle features to DINO width (drawn once, seed 0)."""
+    return torch.randn(ORACLE_DIM, dim, generator=torch.Generator().manual_seed(0)) * 3.0
+
+
 def patch_oracle() -> None:
     """Make every FoveatedEncoder read the oracle: `encode` appends the features as an extra cache entry (so every
     FrameCache transform carries them: select, per_slot, repeat), `query` returns output_proj(fixed map of them)."""
@@ -216,7 +223,7 @@ def patch_oracle() -> None:
     def oracle_query(self, q, cache, return_attention=False):
         if len(cache.keys) <= len(self.dino.encoder.layer):
             return query(self, q, cache, return_attention)
-        w = torch.randn(ORACLE_DIM, self.dim, generator=torch.Generator().manual_seed(0)) * 3.0
+        w = oracle_map(self.dim)
         o = cache.keys[-1][:, 0, 0, :]
         z = self.output_proj(o @ w.to(o.dtype) + 0 * self.query_input_proj(q))  # q stays in the graph (DDP, compile)
         if not return_attention:
