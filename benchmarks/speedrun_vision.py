@@ -9,10 +9,16 @@ can learn from the synthetic videos, and what a trained model's visual tokens ca
         Linear probes (held-out bench videos) on the visual tokens a trained model feeds its LLM, per mode, and on
         all of DINO's patch features. RUN_DIR: a speedrun's stage2 or dpo folder. -> results/speedrun_vision_probe.json
 
-    OMP_NUM_THREADS=1 python benchmarks/speedrun_vision.py oracle OUT [--steps-scale S] [--set KEY=VALUE ...]
+    OMP_NUM_THREADS=1 python benchmarks/speedrun_vision.py oracle OUT [--steps-scale S] [--stage1-steps N] [--tokens dino] [--set K=V ...]
         The whole speedrun with a perfect vision path: every frame token is a fixed random map of the object's true
         centroid (x, y), its area and its mean colour, computed from the pixels (DINO and the query are bypassed,
         monkeypatched here, not in the library). What the LLM and the recipe can learn from ideal tokens.
+        `--tokens dino` runs the same speedrun with the real vision path (the control for --stage1-steps).
+    OMP_NUM_THREADS=1 python benchmarks/speedrun_vision.py recipe [--oracle] [--stage1 300] [--s1-connector-lr 3e-3]
+            [--s1-targets all|answer] [--steps 1200] [--seeds 0 1]
+        The tiny recipe's stage 1 and stage 2 in memory (frames as the speedrun samples them, no codec, no text mix),
+        then the synthetic multiple choice in coarse_fine: which recipe choice lets the LLM learn what the tokens carry.
+        Each call adds its rows to the results file.
 
 Every figure is test accuracy on held-out videos (the bench split), chance 1/3 for shape and 1/4 for direction.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import json
 import os
 import sys
@@ -234,13 +241,150 @@ def patch_oracle() -> None:
     cls.encode, cls.query = oracle_encode, oracle_query
 
 
+# ---------------------------------------------------------------------------------------------------- recipe
+
+SYSTEM = "You are a helpful AI assistant."  # ChatConfig's default system prompt, as the speedrun trains with
+
+
+def _encoded_batch(items: list, frames: list) -> dict:
+    """[(video index, Encoded)] -> model inputs, text padded right with `<|im_end|>` (masked out)."""
+    S = max(len(e) for _, e in items)
+    ids = torch.full((len(items), S), 2, dtype=torch.long)
+    att, loss = torch.zeros_like(ids), torch.zeros_like(ids)
+    vpos = torch.zeros(len(items), dtype=torch.long)
+    for i, (_, e) in enumerate(items):
+        n = len(e)
+        ids[i, :n], att[i, :n], loss[i, :n] = torch.tensor(e.input_ids), 1, torch.tensor(e.loss_mask)
+        vpos[i] = e.visual_pos
+    return {"frames": torch.stack([frames[v] for v, _ in items]), "input_ids": ids, "attention_mask": att,
+            "loss_mask": loss, "visual_pos": vpos}
+
+
+@torch.no_grad()
+def token_stats(model, vs: list) -> dict:
+    """What the visual tokens the LLM receives (static query) look like on videos `vs`: their mean norm, the norm of
+    their mean (a part every token shares), and the part that varies with the object's position (least-squares fit
+    of the tokens on the oracle features; the std of the x, y term), against the text embeddings' norm."""
+    was = model.training
+    model.eval()
+    px = torch.stack([frames_to_tensor(v.frames[list(range(0, 32, 4))]) for v in vs]).flatten(0, 1)
+    tokens = model.project(model.encoder.query(model.q_static.expand(len(px), -1), model.encoder.encode(px)))
+    feats = oracle_features(px)
+    fit = torch.linalg.lstsq(torch.cat([feats, torch.ones(len(feats), 1)], 1), tokens).solution
+    norm = float(tokens.norm(dim=-1).mean())
+    position = float((feats[:, :2] @ fit[:2]).std(0).norm())
+    model.train(was)
+    return {"token_norm": norm, "shared_part_norm": float(tokens.mean(0).norm()), "position_part_std": position,
+            "position_share": position / norm, "text_embedding_norm": float(model.embed_text(torch.arange(3, 2000)).norm(dim=-1).mean())}
+
+
+def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: str, steps: int, seed: int,
+               n_videos: int = 400, batch: int = 16, eval_videos: int = 200) -> dict:
+    """Stage 1 (captions) then stage 2 (sft + mcq + captions, answer-only loss) of the tiny preset in memory, on the
+    8 frames per video the speedrun samples (1 fps of 8 s at 4 fps), no codec and no text mix; then the synthetic
+    multiple choice on held-out videos, scored by log-likelihood of the option letter as `bench` scores it.
+    s1_targets: "all" (SPEC §3.4: every text token of stage 1 is a target) or "answer" (the caption only)."""
+    from fvlm_cli.data.chat import Encoded, encode_chat, encode_mcq_options
+    from fvlm_cli.model.build import build_model, preset
+    from fvlm_cli.model.tokenizer import load_tokenizer
+    from fvlm_cli.train.optim import group_of
+
+    torch.manual_seed(seed)
+    tok = load_tokenizer("tiny")
+    model = build_model(preset("tiny"), pretrained=False).train()
+    sampled = list(range(0, 32, 4))  # the speedrun's precompute reads 1 fps: frames 0, 4, ..., 28
+    train_v, bench_v = videos("train", n_videos, 64), videos("bench", eval_videos, 64)
+    frames = [frames_to_tensor(v.frames[sampled]) for v in train_v]
+    bench_frames = [frames_to_tensor(v.frames[sampled]) for v in bench_v]
+    s1, s2 = [], []
+    for i, v in enumerate(train_v):
+        for r in synthetic.samples_for(v, "unused.mp4"):
+            if r["kind"] == "caption":
+                s1.append((i, encode_chat(r["messages"], tok, stage=1 if s1_targets == "all" else 2,
+                                          system_prompt=SYSTEM)))
+            if r["kind"] in ("sft", "mcq", "caption"):
+                s2.append((i, encode_chat(r["messages"], tok, stage=2, system_prompt=SYSTEM)))
+    groups: dict[str, list] = {"connector": [], "dino": [], "llm": []}
+    for name, p in model.named_parameters():
+        groups[group_of(name)].append(p)
+    opt = torch.optim.AdamW([{"params": ps, "name": g} for g, ps in groups.items()], lr=1e-3, weight_decay=0.01)
+    rng = __import__("random").Random(seed)
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        model.eval()
+        acc = {}
+        for cat in synthetic.CATEGORIES:
+            right = 0
+            for v, fr in zip(bench_v, bench_frames):
+                r = next(x for x in synthetic.samples_for(v, "unused.mp4") if x.get("category") == cat)
+                prompt, conts = encode_mcq_options(r["messages"][:1], list(synthetic.LETTERS[:len(r["options"])]),
+                                                   tok, system_prompt=SYSTEM)
+                rows = [(0, Encoded(prompt.input_ids + c, [0] * len(prompt) + [1] * len(c))) for c in conts]
+                logps = model(**_encoded_batch(rows, [fr]), mode="coarse_fine", return_logits=False)["logps"]
+                right += synthetic.LETTERS[int(logps.argmax())] == r["answer"]
+            acc[cat] = right / len(bench_v)
+        model.train()
+        acc["total"] = sum(acc.values()) / 4
+        return acc
+
+    def run(n: int, pool: list, lrs: dict) -> None:  # warmup 3%, cosine to 0.1x, grad clip 1.0 (the tiny recipe)
+        for step in range(n):
+            scale = min(1.0, (step + 1) / max(1, int(0.03 * n))) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / n)))
+            for g in opt.param_groups:
+                g["lr"] = lrs[g["name"]] * scale
+            loss = model(**_encoded_batch(rng.sample(pool, batch), frames), mode="coarse_fine")["loss"]
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+    if oracle:
+        patch_oracle()
+    t0 = time.perf_counter()
+    run(stage1, s1, {"connector": s1_connector_lr, "dino": 3e-4, "llm": 3e-4})
+    after_stage1 = token_stats(model, bench_v[:64])
+    run(steps, s2, {"connector": 1e-3, "dino": 3e-4, "llm": 1e-3})
+    row = {"tokens": "oracle" if oracle else "tiny DINO + query", "stage1_steps": stage1,
+           "stage1_connector_lr": s1_connector_lr, "stage1_targets": s1_targets, "stage2_steps": steps, "seed": seed,
+           "tokens_after_stage1": after_stage1, "accuracy": evaluate(), "seconds": time.perf_counter() - t0}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def cmd_recipe(args) -> dict:
+    rows = [recipe_run(args.oracle, args.stage1, args.s1_connector_lr, args.s1_targets, args.steps, seed)
+            for seed in args.seeds]
+    return {"what": "in-memory stage 1 + stage 2 of the tiny preset, held-out synthetic MCQ (coarse_fine)", "rows": rows}
+
+
+def _stage1_steps(n: int) -> None:
+    """Point the speedrun at a copy of the shipped configs whose tiny stage 1 runs `n` steps (stage 2 and DPO keep
+    their own step counts)."""
+    import re
+    import shutil
+    import tempfile
+
+    from fvlm_cli import config as cfglib
+
+    copy = Path(tempfile.mkdtemp(prefix="fvlm-configs-")) / "configs"
+    shutil.copytree(cfglib.CONFIG_DIR, copy)
+    path = copy / "train" / "tiny-stage1.yaml"
+    path.write_text(re.sub(r"(?m)^  steps: \d+", f"  steps: {n}", path.read_text()))
+    cfglib.CONFIG_DIR = copy
+
+
 def cmd_oracle(args) -> dict:
     from fvlm_cli.speedrun import run_speedrun
 
-    patch_oracle()
+    if args.tokens == "oracle":
+        patch_oracle()
+    if args.stage1_steps is not None:
+        _stage1_steps(args.stage1_steps)
     info = run_speedrun(args.out, steps_scale=args.steps_scale, overrides=args.set)
-    return {"what": "the speedrun with oracle frame tokens (object centroid, area, colour)", "steps_scale":
-            args.steps_scale, "overrides": args.set, "bench": info["bench"]["results"], "seconds": info["seconds"]}
+    what = "oracle frame tokens (object centroid, area, colour)" if args.tokens == "oracle" else "the tiny preset's tokens"
+    return {"what": f"the speedrun with {what}", "tokens": args.tokens, "steps_scale":
+            args.steps_scale, "stage1_steps": args.stage1_steps, "overrides": args.set, "bench": info["bench"]["results"], "seconds": info["seconds"]}
 
 
 def main() -> None:
@@ -256,6 +400,15 @@ def main() -> None:
     o.add_argument("run_out")
     o.add_argument("--steps-scale", type=float, default=1.0)
     o.add_argument("--set", action="append", default=[])
+    o.add_argument("--stage1-steps", type=int, default=None, help="tiny stage 1 steps (default: the shipped 300)")
+    o.add_argument("--tokens", choices=("oracle", "dino"), default="oracle", help="dino: the real vision path (a control)")
+    r = sub.add_parser("recipe")
+    r.add_argument("--oracle", action="store_true")
+    r.add_argument("--stage1", type=int, default=300)
+    r.add_argument("--s1-connector-lr", type=float, default=3e-3)
+    r.add_argument("--s1-targets", choices=("all", "answer"), default="all")
+    r.add_argument("--steps", type=int, default=1200)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -264,9 +417,11 @@ def main() -> None:
         res = cmd_oracle(args)
         args.out = out_json
     else:
-        res = cmd_learn(args) if args.cmd == "learn" else cmd_probe(args)
+        res = {"learn": cmd_learn, "probe": cmd_probe, "recipe": cmd_recipe}[args.cmd](args)
     res.update(torch=torch.__version__, threads=torch.get_num_threads())
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"speedrun_vision_{args.cmd}.json")
+    if args.cmd == "recipe" and out.exists():  # each recipe call adds its rows to the recorded table
+        res["rows"] = json.loads(out.read_text())["rows"] + res["rows"]
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"-> {out}")
 

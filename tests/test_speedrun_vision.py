@@ -1,0 +1,51 @@
+"""benchmarks/speedrun_vision.py: the measurement tools behind docs/LOG.md's speedrun findings (issue 13)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import speedrun_vision as sv  # noqa: E402  (measurement code lives in benchmarks/)
+
+from fvlm_cli import config as cfglib  # noqa: E402
+from fvlm_cli.data import synthetic  # noqa: E402
+from fvlm_cli.data.media_base import frames_to_tensor  # noqa: E402
+from fvlm_cli.model import encoder as enc_mod  # noqa: E402
+from fvlm_cli.train.loop import load_run_config  # noqa: E402
+
+
+def test_oracle_features_follow_the_object():
+    for k in range(12):
+        v = synthetic.make_video(k)
+        f = sv.oracle_features(frames_to_tensor(v.frames[[0, 28]]))
+        dx, dy = (f[1, :2] - f[0, :2]).tolist()
+        want = {"left": dx < -0.2, "right": dx > 0.2, "up": dy < -0.2, "down": dy > 0.2}[v.direction]
+        assert want, (v.direction, dx, dy)
+        assert abs(f[0, 2] - f[1, 2]) < 0.05  # area is constant along the path
+
+
+def test_stage1_steps_edits_a_copy_of_the_configs(monkeypatch):
+    shipped = cfglib.CONFIG_DIR
+    monkeypatch.setattr(cfglib, "CONFIG_DIR", shipped)
+    sv._stage1_steps(7)
+    assert cfglib.CONFIG_DIR != shipped
+    assert load_run_config(str(cfglib.CONFIG_DIR / "train" / "tiny-stage1.yaml")).train.steps == 7
+    assert load_run_config(str(cfglib.CONFIG_DIR / "train" / "tiny-stage2.yaml")).train.steps == \
+        load_run_config(str(shipped / "train" / "tiny-stage2.yaml")).train.steps
+    assert load_run_config(str(shipped / "train" / "tiny-stage1.yaml")).train.steps == 300
+
+
+@pytest.mark.parametrize("oracle", [False, True])
+def test_recipe_run_trains_and_scores_every_category(monkeypatch, oracle):
+    cls = enc_mod.FoveatedEncoder
+    monkeypatch.setattr(cls, "encode", cls.encode)  # patch_oracle rebinds these; restored after the test
+    monkeypatch.setattr(cls, "query", cls.query)
+    row = sv.recipe_run(oracle, stage1=2, s1_connector_lr=3e-3, s1_targets="answer", steps=2, seed=0,
+                        n_videos=8, batch=4, eval_videos=3)
+    assert set(row["accuracy"]) == {"colour", "shape", "direction", "count", "total"}
+    assert all(0.0 <= a <= 1.0 for a in row["accuracy"].values())
+    assert row["tokens"] == ("oracle" if oracle else "tiny DINO + query")
+    stats = row["tokens_after_stage1"]
+    assert 0.0 < stats["position_share"] < 1.0 and stats["shared_part_norm"] <= stats["token_norm"] + 1e-4
