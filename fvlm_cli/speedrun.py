@@ -179,6 +179,8 @@ def write_report(out: Path, info: dict) -> Path:
             ax.plot(*zip(*tr), label=name)
         val = s.get("val") or {}
         extra = f"val loss (coarse_fine) {val['loss_coarse_fine']:.3f}" if "loss_coarse_fine" in val else ""
+        if "token_shared_fine" in val:  # near 1: every frame gives almost the same token (docs/LOG.md, issue 13)
+            extra += f", visual tokens shared {val['token_shared_fine']:.2f}"
         if name == "dpo":
             tail = [r for r in recs if "rewards/accuracies" in r][-20:]
             acc = sum(r["rewards/accuracies"] for r in tail) / max(1, len(tail))

@@ -49,3 +49,16 @@ def test_recipe_run_trains_and_scores_every_category(monkeypatch, oracle):
     assert row["tokens"] == ("oracle" if oracle else "tiny DINO + query")
     stats = row["tokens_after_stage1"]
     assert 0.0 < stats["position_share"] < 1.0 and stats["shared_part_norm"] <= stats["token_norm"] + 1e-4
+
+
+def test_shared_fraction_tells_a_shared_prefix_from_varied_tokens():
+    import torch
+
+    from fvlm_cli.eval.loss import shared_fraction
+
+    g = torch.Generator().manual_seed(0)
+    varied = torch.randn(64, 32, generator=g)
+    assert shared_fraction(varied) < 0.3
+    prefix = torch.randn(1, 32, generator=g) * 10 + 0.1 * varied
+    assert shared_fraction(prefix) > 0.99
+    assert shared_fraction(torch.ones(5, 3)) == pytest.approx(1.0)

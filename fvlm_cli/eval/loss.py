@@ -44,7 +44,8 @@ def evaluate_loss(model, batches, modes, device, autocast_ctx=None) -> dict:
 
 @torch.no_grad()
 def query_attention(model, frames, frame_mask, input_ids=None, attention_mask=None, visual_pos=None):
-    """Per-frame attention of the coarse (q_static) and fine queries: {"coarse"|"fine": [L, N, H, 1+P]} over real frames."""
+    """Per-frame attention of the coarse (q_static) and fine queries over the real frames: {"coarse"|"fine":
+    [L, N, H, 1+P]}, and the visual tokens the LLM receives from them: {"tokens_coarse"|"tokens_fine": [N, D_llm]}."""
     B, T = frame_mask.shape
     cache, _ = model.encode_frames(frames, frame_mask)
     if cache is None:
@@ -55,10 +56,19 @@ def query_attention(model, frames, frame_mask, input_ids=None, attention_mask=No
     if visual_pos is None:
         visual_pos = torch.zeros(B, dtype=torch.long, device=frames.device)
     coarse_q = model.q_static.expand(int(frame_mask.sum()), -1)
-    _, a_coarse = model.encoder.query(coarse_q, cache, return_attention=True)
+    z_coarse, a_coarse = model.encoder.query(coarse_q, cache, return_attention=True)
     fine = model.fine_queries(model.embed_text(input_ids), cache, frame_mask, attention_mask, visual_pos)
-    _, a_fine = model.encoder.query(fine[frame_mask], cache, return_attention=True)
-    return {"coarse": a_coarse, "fine": a_fine}
+    z_fine, a_fine = model.encoder.query(fine[frame_mask], cache, return_attention=True)
+    return {"coarse": a_coarse, "fine": a_fine, "tokens_coarse": model.project(z_coarse),
+            "tokens_fine": model.project(z_fine)}
+
+
+def shared_fraction(tokens: torch.Tensor) -> float:
+    """Norm of the mean of visual tokens [N, D] over their mean norm: ~0 when frames give unrelated tokens, 1 when every
+    frame gives the same token. Near 1 the LLM sees one shared prefix and hardly what differs between frames; a
+    random-init LLM's stage 1 (loss on every text token) drives the tiny preset there (docs/LOG.md, issue 13)."""
+    t = tokens.float()
+    return float(t.mean(0).norm() / t.norm(dim=-1).mean().clamp_min(1e-12))
 
 
 def entropy(attn: torch.Tensor) -> float:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from fvlm_cli import config as cfglib
 from fvlm_cli.errors import ConfigError, TrainingError
-from fvlm_cli.eval.loss import evaluate_loss, model_inputs, query_attention, entropy, to_device
+from fvlm_cli.eval.loss import evaluate_loss, model_inputs, query_attention, entropy, shared_fraction, to_device
 from fvlm_cli.settings import RunConfig
 from fvlm_cli.train import checkpoint
 from fvlm_cli.train.dpo import dpo_loss, pair_batch
@@ -360,6 +360,8 @@ def validate(model, batches, modes, device, ac) -> dict:
         model.train()
         out["attn_entropy_coarse"] = entropy(attn["coarse"][-1])
         out["attn_entropy_fine"] = entropy(attn["fine"][-1])
+        if len(attn["tokens_fine"]) > 1:
+            out["token_shared_fine"] = shared_fraction(attn["tokens_fine"])
     return out
 
 
