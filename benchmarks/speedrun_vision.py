@@ -358,17 +358,16 @@ def cmd_recipe(args) -> dict:
     return {"what": "in-memory stage 1 + stage 2 of the tiny preset, held-out synthetic MCQ (coarse_fine)", "rows": rows}
 
 
-def _stage1_steps(n: int) -> None:
-    """Point the speedrun at a copy of the shipped configs whose tiny stage 1 runs `n` steps (stage 2 and DPO keep
-    their own step counts)."""
+def _stage1_steps(n: int, where: Path) -> None:
+    """Point the speedrun at a copy (in `where`) of the shipped configs whose tiny stage 1 runs `n` steps (stage 2 and
+    DPO keep their own step counts)."""
     import re
     import shutil
-    import tempfile
 
     from fvlm_cli import config as cfglib
 
-    copy = Path(tempfile.mkdtemp(prefix="fvlm-configs-")) / "configs"
-    shutil.copytree(cfglib.CONFIG_DIR, copy)
+    copy = where / "configs"
+    shutil.copytree(cfglib.CONFIG_DIR, copy, dirs_exist_ok=True)
     path = copy / "train" / "tiny-stage1.yaml"
     path.write_text(re.sub(r"(?m)^  steps: \d+", f"  steps: {n}", path.read_text()))
     cfglib.CONFIG_DIR = copy
@@ -380,7 +379,7 @@ def cmd_oracle(args) -> dict:
     if args.tokens == "oracle":
         patch_oracle()
     if args.stage1_steps is not None:
-        _stage1_steps(args.stage1_steps)
+        _stage1_steps(args.stage1_steps, Path(args.out))  # kept beside the run: what it trained with
     info = run_speedrun(args.out, steps_scale=args.steps_scale, overrides=args.set)
     what = "oracle frame tokens (object centroid, area, colour)" if args.tokens == "oracle" else "the tiny preset's tokens"
     return {"what": f"the speedrun with {what}", "tokens": args.tokens, "steps_scale":

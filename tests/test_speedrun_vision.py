@@ -26,11 +26,11 @@ def test_oracle_features_follow_the_object():
         assert abs(f[0, 2] - f[1, 2]) < 0.05  # area is constant along the path
 
 
-def test_stage1_steps_edits_a_copy_of_the_configs(monkeypatch):
+def test_stage1_steps_edits_a_copy_of_the_configs(monkeypatch, tmp_path):
     shipped = cfglib.CONFIG_DIR
     monkeypatch.setattr(cfglib, "CONFIG_DIR", shipped)
-    sv._stage1_steps(7)
-    assert cfglib.CONFIG_DIR != shipped
+    sv._stage1_steps(7, tmp_path)
+    assert cfglib.CONFIG_DIR == tmp_path / "configs"
     assert load_run_config(str(cfglib.CONFIG_DIR / "train" / "tiny-stage1.yaml")).train.steps == 7
     assert load_run_config(str(cfglib.CONFIG_DIR / "train" / "tiny-stage2.yaml")).train.steps == \
         load_run_config(str(shipped / "train" / "tiny-stage2.yaml")).train.steps

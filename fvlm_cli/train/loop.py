@@ -361,6 +361,7 @@ def validate(model, batches, modes, device, ac) -> dict:
         out["attn_entropy_coarse"] = entropy(attn["coarse"][-1])
         out["attn_entropy_fine"] = entropy(attn["fine"][-1])
         if len(attn["tokens_fine"]) > 1:
+            out["token_shared_coarse"] = shared_fraction(attn["tokens_coarse"])
             out["token_shared_fine"] = shared_fraction(attn["tokens_fine"])
     return out
 
