@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import json
+import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -243,21 +244,14 @@ def patch_oracle() -> None:
 
 # ---------------------------------------------------------------------------------------------------- recipe
 
-SYSTEM = "You are a helpful AI assistant."  # ChatConfig's default system prompt, as the speedrun trains with
+SAMPLED = list(range(0, 32, 4))  # the frames the speedrun's precompute reads: 1 fps of 8 s at 4 fps
 
 
-def _encoded_batch(items: list, frames: list) -> dict:
-    """[(video index, Encoded)] -> model inputs, text padded right with `<|im_end|>` (masked out)."""
-    S = max(len(e) for _, e in items)
-    ids = torch.full((len(items), S), 2, dtype=torch.long)
-    att, loss = torch.zeros_like(ids), torch.zeros_like(ids)
-    vpos = torch.zeros(len(items), dtype=torch.long)
-    for i, (_, e) in enumerate(items):
-        n = len(e)
-        ids[i, :n], att[i, :n], loss[i, :n] = torch.tensor(e.input_ids), 1, torch.tensor(e.loss_mask)
-        vpos[i] = e.visual_pos
-    return {"frames": torch.stack([frames[v] for v, _ in items]), "input_ids": ids, "attention_mask": att,
-            "loss_mask": loss, "visual_pos": vpos}
+def _encoded_batch(items: list, frames: list, pad_id: int) -> dict:
+    """[(video index, Encoded)] -> model inputs: the training loader's text padding, the videos' frames stacked."""
+    from fvlm_cli.data.loader import _pad_text
+
+    return {"frames": torch.stack([frames[v] for v, _ in items]), **_pad_text([e for _, e in items], pad_id, "")}
 
 
 @torch.no_grad()
@@ -267,7 +261,7 @@ def token_stats(model, vs: list) -> dict:
     of the tokens on the oracle features; the std of the x, y term), against the text embeddings' norm."""
     was = model.training
     model.eval()
-    px = torch.stack([frames_to_tensor(v.frames[list(range(0, 32, 4))]) for v in vs]).flatten(0, 1)
+    px = torch.stack([frames_to_tensor(v.frames[SAMPLED]) for v in vs]).flatten(0, 1)
     tokens = model.project(model.encoder.query(model.q_static.expand(len(px), -1), model.encoder.encode(px)))
     feats = oracle_features(px)
     fit = torch.linalg.lstsq(torch.cat([feats, torch.ones(len(feats), 1)], 1), tokens).solution
@@ -275,7 +269,8 @@ def token_stats(model, vs: list) -> dict:
     position = float((feats[:, :2] @ fit[:2]).std(0).norm())
     model.train(was)
     return {"token_norm": norm, "shared_part_norm": float(tokens.mean(0).norm()), "position_part_std": position,
-            "position_share": position / norm, "text_embedding_norm": float(model.embed_text(torch.arange(3, 2000)).norm(dim=-1).mean())}
+            "position_share": position / norm, "text_embedding_norm":
+            float(model.embed_text(torch.arange(3, model.llm.config.vocab_size)).norm(dim=-1).mean())}
 
 
 def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: str, steps: int, seed: int,
@@ -284,31 +279,32 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
     8 frames per video the speedrun samples (1 fps of 8 s at 4 fps), no codec and no text mix; then the synthetic
     multiple choice on held-out videos, scored by log-likelihood of the option letter as `bench` scores it.
     s1_targets: "all" (SPEC §3.4: every text token of stage 1 is a target) or "answer" (the caption only)."""
-    from fvlm_cli.data.chat import Encoded, encode_chat, encode_mcq_options
+    from fvlm_cli.data.chat import Encoded, encode_chat, encode_mcq_options, special_ids
     from fvlm_cli.model.build import build_model, preset
+    from fvlm_cli.settings import ChatConfig
     from fvlm_cli.model.tokenizer import load_tokenizer
     from fvlm_cli.train.optim import group_of
 
     torch.manual_seed(seed)
     tok = load_tokenizer("tiny")
+    system, pad_id = ChatConfig().system_prompt, special_ids(tok)[1]  # the speedrun's system prompt; pad = <|im_end|>
     model = build_model(preset("tiny"), pretrained=False).train()
-    sampled = list(range(0, 32, 4))  # the speedrun's precompute reads 1 fps: frames 0, 4, ..., 28
     train_v, bench_v = videos("train", n_videos, 64), videos("bench", eval_videos, 64)
-    frames = [frames_to_tensor(v.frames[sampled]) for v in train_v]
-    bench_frames = [frames_to_tensor(v.frames[sampled]) for v in bench_v]
+    frames = [frames_to_tensor(v.frames[SAMPLED]) for v in train_v]
+    bench_frames = [frames_to_tensor(v.frames[SAMPLED]) for v in bench_v]
     s1, s2 = [], []
     for i, v in enumerate(train_v):
         for r in synthetic.samples_for(v, "unused.mp4"):
             if r["kind"] == "caption":
                 s1.append((i, encode_chat(r["messages"], tok, stage=1 if s1_targets == "all" else 2,
-                                          system_prompt=SYSTEM)))
+                                          system_prompt=system)))
             if r["kind"] in ("sft", "mcq", "caption"):
-                s2.append((i, encode_chat(r["messages"], tok, stage=2, system_prompt=SYSTEM)))
+                s2.append((i, encode_chat(r["messages"], tok, stage=2, system_prompt=system)))
     groups: dict[str, list] = {"connector": [], "dino": [], "llm": []}
     for name, p in model.named_parameters():
         groups[group_of(name)].append(p)
     opt = torch.optim.AdamW([{"params": ps, "name": g} for g, ps in groups.items()], lr=1e-3, weight_decay=0.01)
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
 
     @torch.no_grad()
     def evaluate() -> dict:
@@ -319,9 +315,9 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
             for v, fr in zip(bench_v, bench_frames):
                 r = next(x for x in synthetic.samples_for(v, "unused.mp4") if x.get("category") == cat)
                 prompt, conts = encode_mcq_options(r["messages"][:1], list(synthetic.LETTERS[:len(r["options"])]),
-                                                   tok, system_prompt=SYSTEM)
+                                                   tok, system_prompt=system)
                 rows = [(0, Encoded(prompt.input_ids + c, [0] * len(prompt) + [1] * len(c))) for c in conts]
-                logps = model(**_encoded_batch(rows, [fr]), mode="coarse_fine", return_logits=False)["logps"]
+                logps = model(**_encoded_batch(rows, [fr], pad_id), mode="coarse_fine", return_logits=False)["logps"]
                 right += synthetic.LETTERS[int(logps.argmax())] == r["answer"]
             acc[cat] = right / len(bench_v)
         model.train()
@@ -333,7 +329,7 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
             scale = min(1.0, (step + 1) / max(1, int(0.03 * n))) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / n)))
             for g in opt.param_groups:
                 g["lr"] = lrs[g["name"]] * scale
-            loss = model(**_encoded_batch(rng.sample(pool, batch), frames), mode="coarse_fine")["loss"]
+            loss = model(**_encoded_batch(rng.sample(pool, batch), frames, pad_id), mode="coarse_fine")["loss"]
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
