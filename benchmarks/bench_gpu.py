@@ -3,9 +3,10 @@
     python benchmarks/bench_gpu.py [--quick] [--budget-s 480]     # -> results/gpu_<device>.json + a markdown table
 
 Rows (bf16 autocast, random-init weights: same cost as real ones, nothing downloaded beyond the configs' shapes):
-  fvlm-135m, 8 frames,  B=32, compile off / on (train.compile: DINO patch pass + query walk)
+  fvlm-135m, 8 frames,  B=32, compile off / on (train.compile=encoder: DINO patch pass + query walk)
   fvlm-135m, 64 frames, B=4,  compile off / on
   fvlm-1.7b, 8 frames,  B=8,  gradient checkpointing (non-reentrant), compile off
+  fvlm-135m, 8 frames,  B=32, train.compile=model (the whole training forward; last, so the rows above come first)
 Each row is its own `fvlm profile train` process (`--set profile.split=false`: whole steps, no inner syncs), so peak
 memory belongs to that row. Reported: samples/s, frames/s, MFU counting the vision FLOPs (train/flops.py), peak
 memory (torch.cuda.max_memory_allocated), first-step seconds (compile time when compile is on). A row that fails
@@ -26,20 +27,21 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 ROWS = [
-    ("135m T=8 B=32", ["--preset", "fvlm-135m", "-b", "32", "-T", "8"], False),
-    ("135m T=8 B=32 compile", ["--preset", "fvlm-135m", "-b", "32", "-T", "8"], True),
-    ("135m T=64 B=4", ["--preset", "fvlm-135m", "-b", "4", "-T", "64"], False),
-    ("135m T=64 B=4 compile", ["--preset", "fvlm-135m", "-b", "4", "-T", "64"], True),
-    ("1.7b T=8 B=8 grad-ckpt", ["--preset", "fvlm-1.7b", "-b", "8", "-T", "8", "--set", "model.gradient_checkpointing=true"], False),
+    ("135m T=8 B=32", ["--preset", "fvlm-135m", "-b", "32", "-T", "8"], "off"),
+    ("135m T=8 B=32 compile", ["--preset", "fvlm-135m", "-b", "32", "-T", "8"], "encoder"),
+    ("135m T=64 B=4", ["--preset", "fvlm-135m", "-b", "4", "-T", "64"], "off"),
+    ("135m T=64 B=4 compile", ["--preset", "fvlm-135m", "-b", "4", "-T", "64"], "encoder"),
+    ("1.7b T=8 B=8 grad-ckpt", ["--preset", "fvlm-1.7b", "-b", "8", "-T", "8", "--set", "model.gradient_checkpointing=true"], "off"),
+    ("135m T=8 B=32 compile=model", ["--preset", "fvlm-135m", "-b", "32", "-T", "8"], "model"),
 ]
 
 
-def run_row(name: str, args: list[str], compile_on: bool, steps: int, timeout: float) -> dict:
+def run_row(name: str, args: list[str], compile: str, steps: int, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         cmd = [sys.executable, "-m", "fvlm_cli", "profile", "train", *args, "-S", "128", "--device", "cuda",
-               "--dtype", "bf16", "--steps", str(steps), "--warmup", "3" if compile_on else "2",
-               "--set", "profile.split=false", "--set", f"train.compile={'true' if compile_on else 'false'}",
+               "--dtype", "bf16", "--steps", str(steps), "--warmup", "2" if compile == "off" else "3",
+               "--set", "profile.split=false", "--set", f"train.compile={compile}",
                "--set", "profile.answer_tokens=32", "--out", str(out)]
         t0 = time.perf_counter()
         try:
@@ -51,7 +53,7 @@ def run_row(name: str, args: list[str], compile_on: bool, steps: int, timeout: f
         res = json.loads(out.read_text())
         keep = ("device_name", "step_s", "first_step_s", "samples_per_s", "frames_per_s", "tokens_per_s", "mfu",
                 "achieved_tflops", "peak_memory_gb", "activation_gb", "parameters", "compile_s_estimate")
-        return {"row": name, "compile": compile_on, "wall_s": time.perf_counter() - t0, "command": " ".join(cmd[2:]),
+        return {"row": name, "compile": compile, "wall_s": time.perf_counter() - t0, "command": " ".join(cmd[2:]),
                 **{k: res.get(k) for k in keep}}
 
 

@@ -30,6 +30,16 @@ def field(default: Any = dataclasses.MISSING, help: str = "", **kw) -> Any:
 
 
 def _type_name(tp: Any) -> str:
+    """How `fvlm config keys` and errors name a key's type: choices spelled out, `null` where None is allowed."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    if origin is dict:
+        return "mapping"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

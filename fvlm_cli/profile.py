@@ -113,16 +113,16 @@ def modes_of(args: ProfileArgs, target: str) -> list[str]:
 
 # ---------------------------------------------------------------- switches
 
-def apply_switches(model, sw: Switches, compile_all: bool = False) -> None:
-    """Compile the query walk (`profile.compile=query`), or it and the DINO patch pass (`all`, or train.compile=true,
-    as the training loop does). The reference variants the library's choices are measured against live in
+def apply_switches(model, sw: Switches, compile_all: bool = False, backend: str = "inductor") -> None:
+    """Compile the query walk (`profile.compile=query`), or it and the DINO patch pass (`all`, or
+    train.compile=encoder, as the training loop does; train.compile=model is applied by `profile_train`). The reference variants the library's choices are measured against live in
     benchmarks/reference_variants.py (benchmarks/profile_variant.py runs this profiler with one bound)."""
     if sw.compile == "all" or compile_all:
         from fvlm_cli.train.loop import compile_encoder
 
-        compile_encoder(model)
+        compile_encoder(model, backend)
     elif sw.compile == "query":
-        model.encoder.query = torch.compile(model.encoder.query)
+        model.encoder.query = torch.compile(model.encoder.query, backend=backend)
 
 
 # ---------------------------------------------------------------- measuring
@@ -220,7 +220,7 @@ def _build(cfg: ProfileConfig, device, *, seed: int = 0):
 
     torch.manual_seed(seed)
     model = build_model(cfg.model, pretrained=False)
-    apply_switches(model, cfg.profile, cfg.train.compile)
+    apply_switches(model, cfg.profile, cfg.train.compile == "encoder", cfg.train.compile_backend)
     return model.to(device)
 
 
@@ -280,6 +280,7 @@ def profile_train(args: ProfileArgs) -> dict:
     from fvlm_cli.runtime import autocast
     from fvlm_cli.train.flops import peak_flops, sample_flops
     from fvlm_cli.model.vlm import Bounds
+    from fvlm_cli.train.loop import compile_model
     from fvlm_cli.train.optim import build_optimizer, build_scheduler, masked_step
 
     cfg, device, dtype = _setup(args)
@@ -294,7 +295,8 @@ def profile_train(args: ProfileArgs) -> dict:
     host = _to_device(synthetic_batch(model, args.batch_size, args.frames, args.text_tokens, ragged=cfg.profile.ragged,
                                       answer_tokens=cfg.profile.answer_tokens), device, cfg.profile.pin_memory)
     clock = Clock(device)
-    split = cfg.profile.split
+    split = cfg.profile.split and cfg.train.compile != "model"  # a compiled whole forward has no phases to mark
+    forward = compile_model(model, cfg.train.compile_backend) if cfg.train.compile == "model" else model
     if split:
         inner = model.encoder.encode
 
@@ -317,7 +319,7 @@ def profile_train(args: ProfileArgs) -> dict:
         batch = to_device(host, device)
         clock.mark("data")
         with autocast(device, dtype):
-            out = model(**model_inputs(batch), mode=mode, return_logits=False, bounds=bounds)
+            out = forward(**model_inputs(batch), mode=mode, return_logits=False, bounds=bounds)
         if split:
             clock.mark("forward_rest")
         out["loss"].backward()
@@ -360,7 +362,7 @@ def profile_train(args: ProfileArgs) -> dict:
         ("cpu_peak_rss_timed_steps" if memory_window else "cpu_peak_rss_process"),
         "target_tokens": int(host["loss_mask"].sum()),
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "compile_s_estimate": (first_step_s - step) if cfg.profile.compile != "none" or cfg.train.compile else None,
+        "compile_s_estimate": (first_step_s - step) if cfg.profile.compile != "none" or cfg.train.compile != "off" else None,
     })
     return res
 

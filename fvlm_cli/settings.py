@@ -112,7 +112,11 @@ class TrainConfig:
     seed: int = field(0, help="global seed")
     device: str = field("auto", help="auto | cpu | cuda | cuda:N")
     dtype: str = field("auto", help="auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32")
-    compile: bool = field(False, help="torch.compile the encoder query walk and DINO")
+    compile: bool | Literal["off", "encoder", "model"] = field(
+        "off", help="torch.compile: off | encoder (DINO patch pass + query walk) | model (the whole training forward); "
+                    "true = encoder")
+    compile_backend: str = field("inductor", help="torch.compile backend for train.compile (aot_eager: capture "
+                                                  "without code generation, to tell a capture problem from a codegen one)")
     tf32: bool = field(True, help="allow TF32 matmuls on Ampere+")
     log_every: int = field(10, help="console/metrics line every N steps")
     eval_every: int = field(100, help="validation every N steps (0 = only at the end)")
@@ -123,6 +127,10 @@ class TrainConfig:
     max_bad_steps: int = field(5, help="consecutive non-finite losses before stopping with a checkpoint")
     wandb: bool = field(False, help="log to Weights & Biases (WANDB_MODE=offline works)")
     wandb_project: str = field("fvlm", help="wandb project")
+
+    def __post_init__(self):
+        if isinstance(self.compile, bool):  # the earlier boolean switch (YAML also reads `off` as false)
+            self.compile = "encoder" if self.compile else "off"
 
 
 @dataclass

@@ -131,3 +131,24 @@ def test_config_validate_checks_local_shard_sets_and_lists_remote_ones(tmp_path)
     missing = next(x for x in lines if x.startswith("not found yet"))
     assert str(tmp_path / "absent") in missing and "shard-*" not in missing and "example.invalid" not in missing
     assert any(x.startswith("remote, not checked: https://example.invalid/") for x in lines)
+
+
+def test_config_keys_spells_out_types(monkeypatch):
+    """`fvlm config keys` names the choices of a Literal, `null` where None is allowed, and list[...] in full (rich
+    markup would eat an unescaped `[str]`); a wrong value's error names the choices too."""
+    from typer.testing import CliRunner
+
+    from fvlm_cli.cli import app
+    from fvlm_cli.config import ConfigError, load
+    from fvlm_cli.settings import RunConfig
+
+    monkeypatch.setenv("COLUMNS", "250")
+    r = CliRunner().invoke(app, ["config", "keys", "train."])
+    assert r.exit_code == 0, r.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in r.output.splitlines() if line.count("│") > 3}
+    assert rows["train.mode"] == "coarse_only|coarse_fine|autoregressive"
+    assert rows["train.eval_modes"] == "list[str]"
+    assert rows["train.init_from"] == "str | null"
+    assert rows["train.compile"] == "bool | off|encoder|model"
+    with pytest.raises(ConfigError, match=r"expected bool \| off\|encoder\|model, got 'graph'"):
+        load(RunConfig, overrides=["train.compile=graph"])

@@ -68,6 +68,7 @@ def validate(name: str = typer.Argument(..., help="config name or path"), overri
 def keys(section: str = typer.Argument("", help="only keys starting with this prefix")) -> None:
     """List every config key with its type, default and help."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from fvlm_cli import config
@@ -76,7 +77,7 @@ def keys(section: str = typer.Argument("", help="only keys starting with this pr
     table = Table("key", "type", "default", "help")
     for key, tp, default, help_ in config.describe(RunConfig):
         if key.startswith(section):
-            table.add_row(key, tp, repr(default), help_)
+            table.add_row(*map(escape, (key, tp, repr(default), help_)))  # `list[str]` is not a markup tag
     Console().print(table)
 
 

@@ -29,7 +29,7 @@ def profile(
     """Profile training steps, generation, the data loader or MCQ scoring on synthetic inputs.
 
     --set takes the training config's keys (model.gradient_checkpointing=true, model.attn_implementation=eager,
-    optim.fused=false, train.tf32=false, train.compile=true, data.frame_budget=64) and the profile switches
+    optim.fused=false, train.tf32=false, train.compile=model, data.frame_budget=64) and the profile switches
     (profile.ragged=true, profile.compile=query, profile.pin_memory=true, profile.split=false,
     profile.workers=[0,1,2], ...). Reference variants: benchmarks/profile_variant.py.
     """

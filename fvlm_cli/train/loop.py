@@ -89,12 +89,24 @@ def _memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def compile_encoder(model) -> None:
+def compile_encoder(model, backend: str = "inductor") -> None:
     """`train.compile`: torch.compile the DINO patch pass and the query walk (the hot, shape-stable parts). The bound
     methods are compiled, not the module, so parameter names keep no `_orig_mod.` prefix. Gradient checkpointing
     stays non-reentrant (build.py), which is what compile needs (SPEC §10: reentrant + compile gave NaN)."""
-    model.encoder.encode = torch.compile(model.encoder.encode)
-    model.encoder.query = torch.compile(model.encoder.query)
+    model.encoder.encode = torch.compile(model.encoder.encode, backend=backend)
+    model.encoder.query = torch.compile(model.encoder.query, backend=backend)
+
+
+def compile_model(net, backend: str = "inductor"):
+    """`train.compile=model`: the whole training forward compiled (torch.compile of the module or of its DDP
+    wrapper). The forward has no host sync (SPEC §9.1), so a mode's forward is one graph; batch shapes and the host
+    `Bounds` turn dynamic after their first change instead of recompiling per batch. Under DDP, dynamo's DDPOptimizer
+    (which splits the graph at gradient buckets) fails on those dynamic sizes (pytorch#134182), so it is off: the
+    gradients are all-reduced after the compiled backward instead of overlapping it. Validation and saving use the
+    plain module: no `_orig_mod.` prefix, and evaluation modes add no graphs."""
+    if isinstance(net, torch.nn.parallel.DistributedDataParallel):
+        torch._dynamo.config.optimize_ddp = False
+    return torch.compile(net, backend=backend)
 
 
 def wrap_ddp(model, mode: str, device: torch.device):
@@ -172,12 +184,14 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     model.to(device).train()
     opt = build_optimizer(model, cfg.optim, device)
     sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
-    if cfg.train.compile:  # the DINO patch pass and the query walk; the module itself stays uncompiled, so its
-        # state_dict has no `_orig_mod.` prefix (checkpoint.save strips one anyway)
-        compile_encoder(model)
+    if cfg.train.compile == "encoder":  # the DINO patch pass and the query walk; the module itself stays
+        # uncompiled, so its state_dict has no `_orig_mod.` prefix (checkpoint.save strips one anyway)
+        compile_encoder(model, cfg.train.compile_backend)
     # Parameters a forward in this mode never uses are left out of DDP (a fixed set: text-only batches run the
     # vision path on one masked slot), so DDP needs no unused-parameter search on every step.
     net = wrap_ddp(model, cfg.train.mode, device) if world > 1 else model
+    # the training step's forward (validation and saving use `model`)
+    forward = compile_model(net, cfg.train.compile_backend) if cfg.train.compile == "model" else net
     stage = 3 if dpo else cfg.train.stage
     loader = build_train_loader(cfg, tokenizer, stage=stage, rank=rank, world_size=world, dpo=dpo,
                                 pin_memory=device.type == "cuda")  # so non_blocking copies really overlap
@@ -229,12 +243,12 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
                 with ac():
                     if dpo:
                         pb = pair_batch(batch)
-                        out = net(**pb, mode=cfg.train.mode, return_logits=False, bounds=hints, repeat_frames=2)
+                        out = forward(**pb, mode=cfg.train.mode, return_logits=False, bounds=hints, repeat_frames=2)
                         pi_c, pi_r = out["logps"][:B].float(), out["logps"][B:].float()
                         ref_c, ref_r = _reference(ref_model, pb, batch, cfg, ref_cache, B, hints)
                         loss, dpo_metrics = dpo_loss(pi_c, pi_r, ref_c, ref_r, cfg.dpo.beta)
                     else:
-                        out = net(**model_inputs(batch), mode=cfg.train.mode, return_logits=False, bounds=hints)
+                        out = forward(**model_inputs(batch), mode=cfg.train.mode, return_logits=False, bounds=hints)
                         loss = out["loss"]
                 (loss / cfg.train.grad_accum).backward()
             loss_sum = loss_sum + loss.detach().float()
