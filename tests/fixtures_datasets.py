@@ -433,7 +433,8 @@ def build_scienceqa(root: Path, layout: str = "lmms-lab") -> Path:
 # --------------------------------------------------------------------------- MLVU
 
 def build_mlvu(root: Path) -> Path:
-    """MLVU/json: 1_plotQA (2 rows), 4_count (1 row + 1 without candidates), 9_summary (generation, ignored)."""
+    """MLVU/json: 1_plotQA (2 rows), 2_needle (1 row; its question_type is `findNeedle`, as published), 4_count
+    (1 row + 1 without candidates), 9_summary (generation, ignored)."""
     videos = _Videos(root)
     mlvu = root / "MLVU"
     write_json(mlvu / "json" / "1_plotQA.json", [
@@ -441,6 +442,10 @@ def build_mlvu(root: Path) -> Path:
          "candidates": ["Red", "Blue", "Green", "Black"], "answer": "Green", "question_type": "plotQA"},
         {"video": "movie101_66.mp4", "duration": 246.0, "question": "Where does the story start?",
          "candidates": ["A forest", "A city", "A ship", "A school"], "answer": "A ship", "question_type": "plotQA"},
+    ])
+    write_json(mlvu / "json" / "2_needle.json", [
+        {"video": "needle_32.mp4", "duration": 480.0, "question": "What animal appears in the inserted clip?",
+         "candidates": ["A dog", "A cat", "A bird", "A fish"], "answer": "A bird", "question_type": "findNeedle"},
     ])
     write_json(mlvu / "json" / "4_count.json", [
         {"video": "count_1.mp4", "duration": 600.5, "question": "How many times does the dog jump?",
@@ -453,6 +458,7 @@ def build_mlvu(root: Path) -> Path:
          "question_type": "summary"},
     ])
     videos.put(mlvu / "video" / "1_plotQA" / "movie101_66.mp4")
+    videos.put(mlvu / "video" / "2_needle" / "needle_32.mp4")
     videos.put(mlvu / "video" / "4_count" / "count_1.mp4")
     videos.put(mlvu / "video" / "9_summary" / "sum_1.mp4")
     return hf_local_dir(root)
@@ -464,8 +470,8 @@ MLVU_DEV_SCHEMA = pa.schema([("video_name", pa.string()), ("duration", pa.float6
 
 
 def build_mlvu_dev(root: Path) -> Path:
-    """lmms-eval's sy1998/MLVU_dev: mlvu/test-00000-of-00001.parquet (4 rows: a letter answer, a text answer,
-    an answer that is neither, a video in no zip) and the videos in root-level zips (video_part_1.zip holds
+    """lmms-eval's sy1998/MLVU_dev: mlvu/test-00000-of-00001.parquet (5 rows: a letter answer, a text answer,
+    an answer that is neither, a video in no zip, an anomaly_reco row) and the videos in root-level zips (video_part_1.zip holds
     the plotQA clip under its video_name path, action_count.zip the count clip under its bare name)."""
     clip = _template()
 
@@ -478,8 +484,10 @@ def build_mlvu_dev(root: Path) -> Path:
         row("q1", "4_count/count_1.mp4", "count", "How many jumps?", ["1", "2", "3", "4"], "4"),
         row("q2", "4_count/count_1.mp4", "count", "How many cars?", ["1", "2"], "E"),
         row("q3", "3_ego/ego_9.mp4", "ego", "Where did I put the keys?", ["Desk", "Bag"], "A"),
+        row("q4", "6_anomaly_reco/surveil_1.mp4", "anomaly_reco", "Does this surveillance footage contain any "
+            "anomalies? If yes, which kind of anomaly?", ["Normal", "Fighting", "Robbery", "Explosion"], "B"),
     ], MLVU_DEV_SCHEMA)
-    zip_of(root / "video_part_1.zip", {"1_plotQA/movie101_66.mp4": clip})
+    zip_of(root / "video_part_1.zip", {"1_plotQA/movie101_66.mp4": clip, "6_anomaly_reco/surveil_1.mp4": clip})
     zip_of(root / "action_count.zip", {"count_1.mp4": clip})
     return hf_local_dir(root)
 

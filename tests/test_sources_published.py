@@ -56,7 +56,7 @@ EXPECTED = {
              {"random-2": (None, "neither yes nor no")}),
     "scienceqa": ({"ScienceQA-IMG-test-00000": (1, "B"), "ScienceQA-IMG-test-00001": (1, "A")},
                   {"ScienceQA-IMG-test-00002": (None, "not an option index")}),
-    "mlvu": ({"1_plotQA-0000": (2, "C"), "1_plotQA-0001": (2, "C"), "4_count-0000": (2, "D")},
+    "mlvu": ({"1_plotQA-0000": (2, "C"), "1_plotQA-0001": (2, "C"), "2_needle-0000": (2, "C"), "4_count-0000": (2, "D")},
              {"4_count-0001": (None, "candidates")}),
     "openvid": ({"a": (2, None), "b": (2, None)},
                 {"missing": ("missing.mp4", "is in no OpenVid_part*.zip"), "c": ("c.mp4", "empty caption")}),
@@ -172,7 +172,7 @@ def test_mvbench_video_revision_reads_the_pre_cut_segments_whole(tmp_path, hub):
 
 def test_mlvu_reads_lmms_evals_parquet_copy_locally_and_by_hub_id(tmp_path, hub):
     root = fx.build_mlvu_dev(tmp_path / "d")
-    want = ({"q0": (2, "C"), "q1": (2, "D")},
+    want = ({"q0": (2, "C"), "q1": (2, "D"), "q4": (2, "B")},
             {"q2": (None, "neither an option letter nor one of the candidates"),
              "q3": ("3_ego/ego_9.mp4", "video 3_ego/ego_9.mp4 is in no *.zip")})
     records, rows, _ = run("mlvu", root, tmp_path / "o1", tmp_path / "c")
@@ -183,6 +183,26 @@ def test_mlvu_reads_lmms_evals_parquet_copy_locally_and_by_hub_id(tmp_path, hub)
     check("mlvu", *remote[:2], want)
     only = run("mlvu", root, tmp_path / "o3", tmp_path / "c", split="4_count")
     assert sorted(list(only[0]) + list(only[1])) == ["q1", "q2"]
+    bare = run("mlvu", root, tmp_path / "o4", tmp_path / "c", split="anomaly_reco")  # a task name with "_" in it
+    assert list(bare[0]) == ["q4"] and not bare[1] and bare[0]["q4"]["category"] == "anomaly_reco"
+
+
+def test_mlvu_names_tasks_alike_in_both_layouts(tmp_path):
+    """The json rows say question_type `findNeedle` where lmms-eval's parquet and MLVU's own evaluation say
+    `needle`: the category is the task's name in both; --split takes a task with or without its number, an
+    unknown one is a one-line error, and MLVU_Test (answers unpublished) is refused with the reason."""
+    root = fx.build_mlvu(tmp_path / "d")
+    records, _, _ = run("mlvu", root, tmp_path / "o1", tmp_path / "c")
+    assert {r["category"] for r in records.values()} == {"plotQA", "needle", "count"}
+    needle = run("mlvu", root, tmp_path / "o2", tmp_path / "c", split="needle")[0]
+    assert list(needle) == ["2_needle-0000"] and needle["2_needle-0000"]["category"] == "needle"
+    with pytest.raises(DataError, match="unknown task.*findneedle"):
+        run("mlvu", root, tmp_path / "o3", tmp_path / "c", split="findneedle")
+    test = tmp_path / "test"
+    fx.write_json(test / "test_multi_choice_tasks.json", [{"video": "t.mp4", "question": "Q?",
+                                                          "candidates": ["a", "b", "c", "d", "e", "f"]}])
+    with pytest.raises(DataError, match="MLVU_Test, whose answers are not published"):
+        run("mlvu", test, tmp_path / "o4", tmp_path / "c")
 
 
 def test_cauldron_multi_image_rows_are_one_sample_with_every_turn(tmp_path):

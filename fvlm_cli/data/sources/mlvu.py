@@ -5,7 +5,12 @@ Published layout: `MLVU/json/<n>_<task>.json` (`1_plotQA`, `2_needle`, `3_ego`, 
   {video, duration, question, candidates, answer (the text of one candidate), question_type}
 and the videos in `MLVU/video/<n>_<task>/<video>`. The input may be the repo root or its `MLVU/` folder.
 The generation tasks (`8_sub_scene`, `9_summary`) have no candidates and are not read. `opts.split` names
-task files ("1_plotQA,4_count"); category = question_type (the task), cluster = the video.
+tasks by file stem or by bare name ("1_plotQA,anomaly_reco"). category = the task's name without its number
+(plotQA, needle, ego, count, order, anomaly_reco, topic_reasoning), as MLVU's own evaluation and lmms-eval name
+them: the json rows' question_type says `findNeedle` where the parquet's task_type says `needle`, so both
+inputs report the same categories. cluster = the video.
+MLVU_Test (`test_multi_choice_tasks.json`, six options) is not read: its answers are not published (the MLVU
+server scores it), so there is nothing to score locally.
 
 lmms-eval's copy (`--input sy1998/MLVU_dev`, or a local copy of it) is read too: `mlvu/test-*.parquet` with
   video_name, duration, question (the options follow on later lines), candidates, answer (a letter, or the
@@ -16,6 +21,7 @@ found by the `video_name` path or, failing that, by its file name; unzipped file
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -31,6 +37,12 @@ GENERATION_TASKS = ("8_sub_scene", "9_summary")
 MCQ_TASKS = ("1_plotQA", "2_needle", "3_ego", "4_count", "5_order", "6_anomaly_reco", "7_topic_reasoning")
 
 
+def task_name(task: str) -> str:
+    """`6_anomaly_reco` -> `anomaly_reco` (a bare name stays as it is)."""
+    return re.sub(r"^\d+_", "", task)
+
+
+TASK_NAMES = tuple(task_name(t) for t in MCQ_TASKS)
 DEV_PARQUET_REPO = "sy1998/MLVU_dev"  # lmms-eval's mlvu_dev
 _DEV_COLUMNS = ["video_name", "duration", "question", "candidates", "answer", "task_type", "question_id"]
 
@@ -42,7 +54,12 @@ def allow_patterns(tasks: list[str]) -> list[str]:
 
 
 def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSample]:
-    wanted = _hub.selectors(opts.split)
+    selected = _hub.selectors(opts.split)
+    unknown = [w for w in selected if task_name(w) not in TASK_NAMES]
+    if unknown:
+        raise DataError(f"mlvu: unknown task(s) {', '.join(unknown)} (multiple-choice tasks: "
+                        f"{', '.join(MCQ_TASKS)}; the number may be left out)")
+    wanted = [t for t in MCQ_TASKS if task_name(t) in {task_name(w) for w in selected}]
     patterns = ["mlvu/*.parquet", "*.zip"] if input == DEV_PARQUET_REPO else allow_patterns(wanted)
     root = _hub.resolve_root(input, opts, default_repo=HUB_REPO, allow_patterns=patterns)
     parquet = [root] if root.suffix == ".parquet" else (
@@ -50,15 +67,18 @@ def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSampl
         else _hub.glob_files(root, ["mlvu/*.parquet", "*.parquet"]))
     if parquet:
         base = root.parent.parent if root.is_file() else root
-        return _hub.take(_dev_samples(base, parquet, {w.split("_", 1)[-1] for w in wanted}), opts.limit)
+        return _hub.take(_dev_samples(base, parquet, {task_name(w) for w in wanted}), opts.limit)
     if (root / "MLVU" / "json").is_dir():
         root = root / "MLVU"
     if not (root / "json").is_dir():
+        if _hub.glob_files(root, ["test_multi_choice_tasks.json", "*/test_multi_choice_tasks.json"]):
+            raise DataError(f"mlvu: {root} is MLVU_Test, whose answers are not published (the MLVU server scores "
+                            f"it); fvlm reads the dev set (MLVU/MVLU or sy1998/MLVU_dev)")
         raise DataError(f"mlvu: no json/ (or MLVU/json/) folder of task files under {root}")
     files = {p.stem: p for p in _hub.glob_files(root / "json", ["*.json"]) if p.stem not in GENERATION_TASKS}
     missing = [t for t in wanted if t not in files]
     if missing:
-        raise DataError(f"mlvu: unknown task(s) {', '.join(missing)} (tasks: {', '.join(sorted(files))})")
+        raise DataError(f"mlvu: no task file(s) {', '.join(f'json/{t}.json' for t in missing)} under {root}")
     tasks = wanted or sorted(files)
     if not tasks:
         raise DataError(f"mlvu: no multiple-choice task files in {root / 'json'}")
@@ -81,7 +101,7 @@ def _sample(root: Path, task: str, id: str, row: dict) -> RawSample:
         question=str(_hub.need(row, "question")),
         options=candidates,
         answer_index=candidates.index(answer),
-        category=str(row.get("question_type") or task),
+        category=task_name(task),
         cluster=video,
         media=str(root / "video" / task / video),
         media_kind="video",
@@ -90,7 +110,7 @@ def _sample(root: Path, task: str, id: str, row: dict) -> RawSample:
 
 
 def _dev_samples(root: Path, files: list[Path], tasks: set[str]) -> Iterator[RawSample]:
-    """lmms-eval's MLVU_dev parquet rows; `tasks` filters task_type ("plotQA" or "1_plotQA" both name it)."""
+    """lmms-eval's MLVU_dev parquet rows; `tasks` (bare names) filters task_type."""
     from fvlm_cli.data import archives
 
     members: dict[str, object] = {}
