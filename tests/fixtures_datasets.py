@@ -257,7 +257,8 @@ def build_mvbench(root: Path) -> Path:
     """json/ + video/<src>.zip as on the Hub: action_sequence (original layout: whole Charades video in
     star.zip + a start/end window), object_interaction (pre-cut segment, window ignored), episodic_reasoning
     (a 12-frame TVQA frame folder in tvqa.zip = 4 s at 3 fps, window [1, 3]), egocentric_navigation
-    (vlnqa.zip), scene_transition (3 rows: one fine, one answer not a candidate, one video in no zip)."""
+    (vlnqa.zip), scene_transition (3 rows: one fine, one answer not a candidate, one video in no zip),
+    fine_grained_pose (one row: as on main since Oct 2024, no nturgbd.zip, only video/MVBench_videos_ntu.txt)."""
     videos = _Videos(root)
     clip = videos.template
     write_json(root / "json" / "action_sequence.json", [
@@ -293,6 +294,11 @@ def build_mvbench(root: Path) -> Path:
          "candidates": ["From A to B.", "From B to A."], "answer": "From B to A."},
     ])
     zip_of(root / "video" / "scene_qa.zip", {"scene_qa/video/s1.mp4": clip})
+    write_json(root / "json" / "fine_grained_pose.json", [
+        {"video": "S001C001P001R001A043_rgb.avi", "question": "What is the action performed by the person?",
+         "candidates": ["falling", "sitting down", "jumping up", "staggering"], "answer": "falling"},
+    ])
+    (root / "video" / "MVBench_videos_ntu.txt").write_text("S001C001P001R001A043_rgb.avi\n")
     return hf_local_dir(root)
 
 

@@ -187,8 +187,9 @@ def test_mvbench_maps_tasks_to_zip_members_and_answers_to_letters(roots):
     root = roots["mvbench"]
     samples = by_id(run("mvbench", root))
     assert sorted(samples) == ["action_sequence-0000", "egocentric_navigation-0000", "episodic_reasoning-0000",
-                               "object_interaction-0000", "scene_transition-0000", "scene_transition-0001",
-                               "scene_transition-0002"]
+                               "fine_grained_pose-0000", "object_interaction-0000", "scene_transition-0000",
+                               "scene_transition-0001", "scene_transition-0002"]
+    assert "get them from rose1.ntu.edu.sg" in samples["fine_grained_pose-0000"].error  # not on the Hub any more
     seq = samples["action_sequence-0000"]
     assert seq.extra["answer"] == "B" and seq.extra["options"][1] == "Sat on the bed."
     assert seq.extra["category"] == "action_sequence" and seq.media_kind == "video"

@@ -15,6 +15,12 @@ their stored 3 fps), and the shard records the window used. Pre-cut segments of 
 (`star/Charades_segment`, ...) are read whole. A row whose video is in no archive/folder is a failure row
 naming `<folder>/<video>`. `opts.split` names tasks ("action_sequence,scene_transition"); none named means all.
 category = task, cluster = the video path, so the standard error is clustered by video.
+fine_grained_pose: since October 2024 the Hub's main holds no NTU RGB+D videos (their licence; only
+`video/MVBench_videos_ntu.txt` names them), so its 200 rows are failure rows saying where to get the videos
+(rose1.ntu.edu.sg) and where to put them (`video/nturgbd/`), unless a local copy has them.
+TVQA frame folders (`00001.jpg`, ... as ffmpeg numbers them) are timed from 0: the k-th frame (from 0) is at
+k/3 s. MVBench's own reader maps file number n to n/3 s, one frame (1/3 s) later; frames are sampled by fvlm's
+media policy either way, not by that reader's 16 segments.
 """
 
 from __future__ import annotations
@@ -65,6 +71,14 @@ TASKS: dict[str, tuple[_Folder, ...]] = {
     "episodic_reasoning": (_Folder("tvqa/video_fps3_hq_segment", "frames", False),
                            _Folder("tvqa/frames_fps3_hq", "frames", True)),
     "counterfactual_inference": _CLEVRER,
+}
+
+
+# Why a task's videos may be missing from a complete download, said on its failure rows.
+MISSING_HINTS = {
+    "fine_grained_pose": " (the Hub's MVBench no longer ships the NTU RGB+D videos, for their licence: "
+                         "video/MVBench_videos_ntu.txt names them; get them from rose1.ntu.edu.sg and put them in "
+                         "video/nturgbd/)",
 }
 
 
@@ -131,7 +145,8 @@ class _Finder:
                 if member is not None:
                     return member, folder, "frames" if member.is_dir else "video"
         wanted = " or ".join(f"{f.path}/{video}" for f in TASKS[task])
-        raise _hub.MissingMedia(f"video {wanted} is in no video/*.zip and no folder", f"{TASKS[task][0].path}/{video}")
+        raise _hub.MissingMedia(f"video {wanted} is in no video/*.zip and no folder{MISSING_HINTS.get(task, '')}",
+                                f"{TASKS[task][0].path}/{video}")
 
 
 def _sample(finder: _Finder, task: str, id: str, row: dict) -> RawSample:
