@@ -160,7 +160,9 @@ def build_llava_video(root: Path, archive: bool = True) -> Path:
     """Subset 0_30_s_academic_v0_1: caption file (2 rows) + open-ended QA file (2 rows, one malformed);
     subset 1_2_m_youtube_v0_1: 2 rows, the second naming a video in no archive. The videos are packed in each
     subset's `<subset>_videos_1.tar.gz` as on the Hub (members = the paths the rows name); `archive=False`
-    leaves them unpacked in the subset folder instead."""
+    leaves them unpacked in the subset folder instead. The repo's other top-level folders are there too:
+    gpt4o_caption_prompt/meta.json and gpt4o_qa_prompt/ (generation prompts: a json object, a .py), and
+    llava_hound/ with only its annotation file (its videos are in another repo)."""
     videos = _Videos(root)
     sub = root / LLAVA_SUBSET
     write_json(sub / f"{LLAVA_SUBSET}_cap_processed.json", [
@@ -196,6 +198,12 @@ def build_llava_video(root: Path, archive: bool = True) -> Path:
             tf.add(videos.template, arcname=rel)
     else:
         videos.put(other / rel)
+    write_json(root / "gpt4o_caption_prompt" / "meta.json", ["83FR0RjX7qA.mp4"])
+    write_json(root / "gpt4o_qa_prompt" / "demonstration_pool.json", {"temporal": ["Q: What happens first?"]})
+    (root / "gpt4o_qa_prompt" / "generate_qa.py").write_text("# the prompt script\n")
+    write_json(root / "llava_hound" / "sharegptvideo_qa_255k_processed.json", [
+        {"id": "hound_0", "video": "v_000123", "conversations": _conv("<video>\nWhat is shown?", "A dog runs.")},
+    ])
     return hf_local_dir(root)
 
 

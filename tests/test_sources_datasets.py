@@ -309,14 +309,16 @@ def test_scienceqa_reads_the_derek_thomas_layout(tmp_path):
 def test_mlvu_reads_the_multiple_choice_tasks_only(roots):
     root = roots["mlvu"]
     samples = run("mlvu", root)
-    assert [s.id for s in samples] == ["1_plotQA-0000", "1_plotQA-0001", "4_count-0000", "4_count-0001"]
+    assert [s.id for s in samples] == ["1_plotQA-0000", "1_plotQA-0001", "2_needle-0000", "4_count-0000",
+                                       "4_count-0001"]
     s = samples[0]
     assert s.extra["answer"] == "C" and s.extra["options"][2] == "Green"
     assert s.extra["category"] == "plotQA" and s.extra["cluster"] == "movie101_66.mp4"
     assert s.media == str(root / "MLVU/video/1_plotQA/movie101_66.mp4") and Path(s.media).is_file()
     assert s.extra["duration"] == 246.0
-    assert samples[1].extra["answer"] == "C" and samples[2].extra["answer"] == "D"
-    assert "candidates" in samples[3].error
+    assert samples[1].extra["answer"] == "C" and samples[3].extra["answer"] == "D"
+    assert samples[2].extra["category"] == "needle"  # its rows say question_type findNeedle
+    assert "candidates" in samples[4].error
     # the MLVU/ folder itself is an accepted input too
     assert [s.id for s in run("mlvu", root / "MLVU", split="4_count")] == ["4_count-0000", "4_count-0001"]
 

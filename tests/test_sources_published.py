@@ -302,6 +302,19 @@ def test_llava_video_archives_are_extracted_once_into_the_cache(tmp_path):
         run("llava-video", root, tmp_path / "o3", root / "cache-inside")
 
 
+def test_llava_video_skips_the_repos_prompt_folders_and_llava_hound_without_videos(tmp_path):
+    """A whole local copy: gpt4o_*_prompt/ are never subsets; llava_hound/ (annotations only: its videos are in
+    ShareGPTVideo's repo) is read only when named, and its rows then say where the videos are."""
+    root = fx.build_llava_video(tmp_path / "d")
+    records, rows, _ = run("llava-video", root, tmp_path / "o1", tmp_path / "c")
+    assert {r.split("/")[0] for r in list(records) + list(rows)} == {SUB, YT}
+    _, hound, _ = run("llava-video", root, tmp_path / "o2", tmp_path / "c", split="llava_hound")
+    (row,) = hound.values()
+    assert row["input"] == "llava_hound/v_000123" and "ShareGPTVideo/train_video_and_instruction" in row["reason"]
+    with pytest.raises(DataError, match="gpt4o_qa_prompt holds generation prompts"):
+        run("llava-video", root, tmp_path / "o3", tmp_path / "c", split="gpt4o_qa_prompt")
+
+
 def test_cli_fetches_a_hub_id_through_hf_endpoint(tmp_path):
     """The command as a user runs it, in a fresh process: HF_ENDPOINT points huggingface_hub at the stand-in."""
     import os

@@ -11,7 +11,12 @@ archives' own size on disk (~5.3 GB per archive; mp4 does not compress). Videos 
 subset folder are used as they are. A row whose video is in no archive is a failure row naming
 `<subset>/<video>`; failure rows name archive members as `<archive>.tar.gz:<path>`.
 
-Which subsets: a local copy is read whole (every subset folder present; `--split` narrows it). A Hub id
+Which subsets: a local copy is read whole (every subset folder present; `--split` narrows it), except folders
+that are not training subsets and one whose videos live elsewhere: `gpt4o_caption_prompt/` and
+`gpt4o_qa_prompt/` hold the prompts and demonstrations the annotations were generated with (never read), and
+`llava_hound/` holds only its annotation file: its videos are ShareGPTVideo/train_video_and_instruction's frame
+folders, which users convert to mp4 themselves. `llava_hound` is read when `--split` names it or when its folder
+holds videos (a sub-folder or an archive); its rows without a video say where the videos are. A Hub id
 fetches `DEFAULT_SUBSETS` (the two 0-30 s subsets: 0_30_s_academic_v0_1 and 0_30_s_youtube_v0_1, about
 100 GB of archives) unless `--split` names subsets. `--set annotations=cap` (or `qa`, `oe`, `mc`) keeps only
 annotation files whose name contains it.
@@ -47,6 +52,8 @@ def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSampl
         subsets = [(root.parent.name, root.parent, [root])]
     else:
         available = _hub.subset_dirs(root, _ANNOTATIONS)
+        if list(available.values()) != [root]:  # the repo (not one subset folder the user pointed at)
+            available = _readable(available, wanted)
         if not available:
             raise DataError(f"llava-video: no <subset>/*.json annotations under {root}")
         subsets = [(name, d, _hub.glob_files(d, _ANNOTATIONS))
@@ -59,6 +66,23 @@ def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSampl
 
 
 DEFAULT_SUBSETS = ["0_30_s_academic_v0_1", "0_30_s_youtube_v0_1"]
+NOT_SUBSETS = ("gpt4o_caption_prompt", "gpt4o_qa_prompt")  # generation prompts and demonstrations, no rows
+# Subsets whose videos the repo does not ship: where they are, said on their failure rows.
+VIDEOS_ELSEWHERE = {"llava_hound": "its videos are not in this repo: ShareGPTVideo/train_video_and_instruction "
+                                   "holds them as frame folders; convert them to mp4 under llava_hound/"}
+
+
+def _has_videos(folder: Path) -> bool:
+    """Unpacked videos (a sub-folder) or a video archive in a subset folder."""
+    return any(p.is_dir() or p.name.endswith((".tar.gz", ".tgz", ".tar")) for p in folder.iterdir())
+
+
+def _readable(available: dict[str, Path], wanted: list[str]) -> dict[str, Path]:
+    named_prompts = [w for w in wanted if w in NOT_SUBSETS]
+    if named_prompts:
+        raise DataError(f"llava-video: {', '.join(named_prompts)} holds generation prompts, not training rows")
+    return {name: d for name, d in available.items() if name not in NOT_SUBSETS
+            and (name not in VIDEOS_ELSEWHERE or name in wanted or _has_videos(d))}
 
 
 class _Videos:
@@ -86,8 +110,9 @@ class _Videos:
             self.index = self._build()
         hit = self.index.get(video.lstrip("./"))
         if hit is None:
-            raise _hub.MissingMedia(f"video {video} is in no {self.folder.name}/*_videos_*.tar.gz",
-                                    f"{self.folder.name}/{video}")
+            elsewhere = VIDEOS_ELSEWHERE.get(self.folder.name)
+            raise _hub.MissingMedia(f"video {video} is in no {self.folder.name}/*_videos_*.tar.gz"
+                                    + (f" ({elsewhere})" if elsewhere else ""), f"{self.folder.name}/{video}")
         return str(hit[0]), hit[1]
 
 
