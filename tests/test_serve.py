@@ -135,6 +135,14 @@ def test_every_bad_request_is_a_4xx_json_error_and_the_server_stays_up(server, m
         ("bad temperature", {"messages": media_message(clip), "temperature": "hot"}, None, 400, None),
         ("local file refused", {"messages": media_message(str(media["clip"]))}, None, 400, "local_files_disabled"),
         ("unknown part", {"messages": [{"role": "user", "content": [{"type": "audio_url"}]}]}, None, 400, None),
+        ("infinite max_tokens", None, b'{"messages": [], "max_tokens": 1e400}', 400, None),
+        ("logprobs", {"messages": media_message(clip), "logprobs": True}, None, 400, None),
+        ("tools", {"messages": media_message(clip), "tools": [{"type": "function", "function": {"name": "f"}}]},
+         None, 400, None),
+        ("json mode", {"messages": media_message(clip), "response_format": {"type": "json_object"}}, None, 400, None),
+        ("five stops", {"messages": media_message(clip), "stop": ["a", "b", "c", "d", "e"]}, None, 400, None),
+        ("stream_options without stream", {"messages": media_message(clip), "stream_options": {"include_usage": True}},
+         None, 400, None),
         ("body too large", None, json.dumps({"messages": media_message("data:video/mp4;base64," + "A" * (1 << 20))}).encode(),
          413, "body_too_large"),
         ("media too large", {"messages": media_message(http_server.url + "/big.mp4")}, None, 413, None),
@@ -150,6 +158,109 @@ def test_every_bad_request_is_a_4xx_json_error_and_the_server_stays_up(server, m
     assert httpx.get(server.url + "/v1/nope").status_code == 404
     ok = _post(server, {"messages": media_message(clip), "max_tokens": 2})
     assert ok.status_code == 200  # still serving
+
+
+def test_stop_strings_end_the_completion_streamed_or_not(client, media, reference):
+    """`stop` cuts the text before the first stop string with finish_reason stop, in one piece or streamed (the
+    deltas never show any part of the stop string)."""
+    want = reference(media["clip"], mode="coarse_fine", max_new_tokens=12, temperature=1.0, seed=3)
+    text = want.text
+    k = next(k for k in range(len(text) // 2, len(text) - 1) if text.find(text[k:k + 2]) == k)
+    stop = text[k:k + 2]  # its first occurrence is at k: the completion is text[:k]
+    kw = dict(model="tiny", messages=media_message(data_uri(media["clip"], "video/mp4")), max_tokens=12,
+              temperature=1.0, seed=3, stop=[stop, "never-seen"], extra_body={"mode": "coarse_fine"})
+    resp = client.chat.completions.create(**kw)
+    assert resp.choices[0].message.content == text[:k] and resp.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == text[:k] and chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)  # no include_usage: no usage anywhere
+
+
+def test_stream_usage_only_when_asked_in_its_own_last_chunk(client, media):
+    kw = dict(model="tiny", messages=media_message(data_uri(media["clip"], "video/mp4")), max_tokens=5, stream=True)
+    chunks = list(client.chat.completions.create(stream_options={"include_usage": True}, **kw))
+    *body, last = chunks
+    assert last.choices == [] and last.usage.completion_tokens >= 1
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+    assert all(c.usage is None for c in body) and body[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_responses_style_parts_and_text_parts_joined_by_newlines():
+    from fvlm_cli.serve.protocol import parse_chat
+
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "input_text", "text": "Describe"}, {"type": "input_image", "image_url": "data:image/png;base64,AA"},
+        {"type": "text", "text": "Be brief."}]}], "n": None, "mode": None}
+    req = parse_chat(body, max_tokens_limit=32, default_max_tokens=16)
+    assert req.media_url == "data:image/png;base64,AA" and req.media_kind == "image"
+    assert req.messages[-1]["content"] == "Describe\nBe brief." and req.mode == "autoregressive"
+
+
+def test_an_unexpected_error_is_a_json_500(monkeypatch):
+    """Not Starlette's plain-text 500: clients parse OpenAI's error body."""
+    from fastapi.testclient import TestClient
+
+    from fvlm_cli.serve import app as serve_app
+    from fvlm_cli.infer.settings import ServeConfig
+    from fvlm_cli.serve import protocol
+
+    def broken(*a, **kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(protocol, "parse_chat", broken)
+    app = serve_app.create_app(_LM(), ServeConfig(), "tiny")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/chat/completions", json={"messages": []})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error" and "boom" in r.json()["error"]["message"]
+
+
+class _LM:
+    """Just enough of a loaded model for create_app (the request fails before the model runs)."""
+
+    class tokenizer:
+        eos_token_id, pad_token_id = 2, 2
+
+        @staticmethod
+        def convert_tokens_to_ids(t):
+            return 2
+
+
+def test_seeded_sampling_does_not_depend_on_batch_neighbours():
+    """One generator per row: a seeded request draws the same tokens alone and batched with another."""
+    from fvlm_cli import load_model
+    from fvlm_cli.infer.core import generate_clips
+
+    lm = load_model("tiny", device="cpu")
+    torch.manual_seed(0)
+    a, b = torch.rand(3, 3, 64, 64), torch.rand(5, 3, 64, 64)
+    kw = dict(mode="autoregressive", max_new_tokens=6, temperature=1.0, seed=11)
+    alone = generate_clips(lm, [a], ["What moves?"], **kw)[0].token_ids
+    together = generate_clips(lm, [b, a], ["Describe it.", "What moves?"], **kw)[1].token_ids
+    assert alone == together
+
+
+def test_a_cancelled_row_stops_while_its_batch_goes_on():
+    """A streaming client that goes away (or whose stop string was seen) sets `cancel`: the engine ends that row
+    at the next step and the rest of the batch is unaffected."""
+    import asyncio
+
+    from fvlm_cli import load_model
+    from fvlm_cli.infer.core import generate_clips
+    from fvlm_cli.serve.engine import Engine, GenJob
+
+    lm = load_model("tiny", device="cpu")
+    loop = asyncio.new_event_loop()
+    clip = torch.rand(3, 3, 64, 64)
+    key = ("coarse_fine", 10, 0.0, 1.0, None, None)
+    gone, stays = GenJob(clip, [{"role": "user", "content": "Hi"}], key, loop), GenJob(clip, [{"role": "user", "content": "Hi"}], key, loop)
+    gone.cancel.set()
+    Engine(lm)._generate([gone, stays])
+    loop.run_until_complete(asyncio.sleep(0))  # the futures are resolved through the loop
+    alone = generate_clips(lm, [clip], [[{"role": "user", "content": "Hi"}]], mode="coarse_fine", max_new_tokens=10)
+    assert len(gone.future.result().token_ids) == 1
+    assert stays.future.result().token_ids == alone[0].token_ids
+    loop.close()
 
 
 def test_openai_client_sees_4xx_as_bad_request(client):

@@ -83,10 +83,11 @@ def encode_prompts(lm, prompts: Sequence, order: Optional[str] = None):
 def generate_clips(lm, clips: Sequence[torch.Tensor], prompts: Sequence, *, mode: str = "autoregressive",
                    max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                    repetition_penalty: float = 1.0, order: Optional[str] = None, seed: Optional[int] = None,
-                   on_step: Optional[Callable[[list], None]] = None) -> list[Generation]:
+                   on_step: Optional[Callable[[list], Optional[list]]] = None) -> list[Generation]:
     """Decoded clips [T_i, 3, S, S] and one prompt each (see `encode_prompts`) -> one Generation each.
 
-    `on_step(tokens)` is called after every decoding step with each row's new token id (None once it has stopped).
+    `on_step(tokens)` is called after every decoding step with each row's new token id (None once it has stopped);
+    it may return the rows to stop now.
     """
     if mode not in MODES:
         raise FvlmError(f"mode {mode!r}: use one of {', '.join(MODES)}")

@@ -16,8 +16,9 @@ from fvlm_cli.model.vlm import MODES
 
 
 def _process_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: float, top_p: float,
-                    repetition_penalty: float, gen: torch.Generator | None) -> torch.Tensor:
-    """logits: [B, V] -> next ids [B]. Greedy at temperature 0."""
+                    repetition_penalty: float, gens: list[torch.Generator] | None) -> torch.Tensor:
+    """logits: [B, V] -> next ids [B]. Greedy at temperature 0. `gens`: one generator per row (seeded sampling:
+    a row draws the same tokens whatever its batch neighbours)."""
     logits = logits.float()
     if repetition_penalty != 1.0:
         picked = logits.gather(1, seen)
@@ -31,7 +32,10 @@ def _process_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: float
         keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the top token
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
-    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=gen)[:, 0]
+    probs = probs / probs.sum(-1, keepdim=True)
+    if gens is None:
+        return torch.multinomial(probs, 1)[:, 0]
+    return torch.cat([torch.multinomial(probs[b: b + 1], 1, generator=g)[:, 0] for b, g in enumerate(gens)])
 
 
 @torch.no_grad()
@@ -40,10 +44,11 @@ def generate_ids(model, frames: torch.Tensor, frame_mask: torch.Tensor, input_id
                  max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, stop_ids: tuple[int, ...] = (), pad_id: int = 0,
                  seed: int | None = None, timings: dict | None = None,
-                 on_step: Optional[Callable[[list], None]] = None) -> list[list[int]]:
+                 on_step: Optional[Callable[[list], Optional[list]]] = None) -> list[list[int]]:
     """Batched decoding. input_ids is the right-padded prompt (ending with `<|im_start|>assistant\\n`).
 
-    `on_step(tokens)`: after each step, each row's new token id, or None for a row that had already stopped."""
+    `on_step(tokens)`: after each step, each row's new token id, or None for a row that had already stopped; it may
+    return row indices to stop now (a stop string was reached, the client went away)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     t0 = time.perf_counter()
@@ -54,23 +59,24 @@ def generate_ids(model, frames: torch.Tensor, frame_mask: torch.Tensor, input_id
                                            visual_pos, mode)
     last = layout.valid.long().sum(1) - 1
     h = hidden[torch.arange(B, device=dev), last]  # [B, D]
-    gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
+    gens = None if seed is None else [torch.Generator(device=dev).manual_seed(seed) for _ in range(B)]
     seen = input_ids.masked_fill(attention_mask == 0, pad_id)
     out = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     stops = torch.tensor(list(stop_ids) or [-1], device=dev)
     for step in range(max_new_tokens):
-        nxt = _process_logits(model.llm.lm_head(h), seen, temperature, top_p, repetition_penalty, gen)
+        nxt = _process_logits(model.llm.lm_head(h), seen, temperature, top_p, repetition_penalty, gens)
         if step == 0 and timings is not None:
             timings["first_token_s"] = time.perf_counter() - t0
         step_ids = [None if bool(done[b]) else int(nxt[b]) for b in range(B)]
         for b, i in enumerate(step_ids):
             if i is not None:
                 out[b].append(i)
-        if on_step is not None:
-            on_step(step_ids)
+        cut = on_step(step_ids) if on_step is not None else None
         live = ~done
         done = done | torch.isin(nxt, stops)
+        for b in cut or ():
+            done[b] = True
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         seen = torch.cat([seen, torch.where(live, nxt, pad_id)[:, None]], dim=1)

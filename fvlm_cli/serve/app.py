@@ -69,6 +69,11 @@ def create_app(lm, cfg, model_id: str) -> FastAPI:
     async def http_error(request, e):
         return JSONResponse(ApiError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
 
+    @app.exception_handler(Exception)
+    async def server_error(request, e: Exception):  # OpenAI's error body for the unexpected too, not plain text
+        return JSONResponse({"error": {"message": f"internal error: {type(e).__name__}: {e}", "type": "server_error",
+                                       "param": None, "code": None}}, status_code=500)
+
     async def clip_of(url: str):
         data = await asyncio.to_thread(media_bytes, url, allow_local=cfg.allow_local_files, max_bytes=max_media,
                                        timeout=cfg.fetch_timeout)
@@ -101,7 +106,7 @@ def create_app(lm, cfg, model_id: str) -> FastAPI:
         clip = await clip_of(req.media_url)
         loop = asyncio.get_running_loop()
         job = GenJob(clip, req.messages, (req.mode, req.max_tokens, req.temperature, req.top_p, req.order, req.seed),
-                     loop, stream=req.stream)
+                     loop, stream=req.stream, stop=req.stop)
         engine.submit(job)
         cid, name = protocol.completion_id(), req.model or model_id
         if not req.stream:
@@ -111,32 +116,47 @@ def create_app(lm, cfg, model_id: str) -> FastAPI:
 
     async def _sse(job: GenJob, cid: str, name: str, req):
         created = int(time.time())
+        usage_field = {"usage": None} if req.include_usage else None  # OpenAI: null on every chunk but the last
 
         def event(body) -> str:
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-        yield event(protocol.chunk(cid, name, created, {"role": "assistant", "content": ""}))
-        ids, sent = [], ""
-        while (tok := await job.tokens.get()) is not None:
-            if tok in stops:
-                continue
-            ids.append(tok)
-            text = lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            if text.endswith("\ufffd") or not text.startswith(sent) or len(text) == len(sent):
-                continue  # half a UTF-8 character, or nothing new yet
-            yield event(protocol.chunk(cid, name, created, {"content": text[len(sent):]}))
-            sent = text
+        def piece(text: str) -> str:
+            return event(protocol.chunk(cid, name, created, {"content": text}, extra=usage_field))
+
         try:
-            gen = await job.future
-        except Exception as e:  # the headers are sent: report it in the stream
-            yield event({"error": {"message": f"generation failed: {e}", "type": "server_error"}})
-            return
-        if gen.text.startswith(sent) and len(gen.text) > len(sent):
-            yield event(protocol.chunk(cid, name, created, {"content": gen.text[len(sent):]}))
-        usage = protocol.completion(cid, name, gen, req)
-        yield event(protocol.chunk(cid, name, created, {}, gen.extra.get("finish_reason", "stop"),
-                                   {"usage": usage["usage"], "fvlm": usage["fvlm"]}))
-        yield "data: [DONE]\n\n"
+            yield event(protocol.chunk(cid, name, created, {"role": "assistant", "content": ""}, extra=usage_field))
+            ids, sent, stopped = [], "", False
+            while not stopped and (tok := await job.tokens.get()) is not None:
+                if tok in stops:
+                    continue
+                ids.append(tok)
+                text = lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                if text.endswith("\ufffd") or not text.startswith(sent):
+                    continue  # half a UTF-8 character
+                text, stopped = protocol.cut_at_stop(text, req.stop)
+                if stopped:
+                    job.cancel.set()  # the engine ends this row at its next step
+                else:  # what could still turn out to begin a stop string waits for the next token
+                    text = text[: len(text) - protocol.stop_holdback(text, req.stop)]
+                if len(text) > len(sent):
+                    yield piece(text[len(sent):])
+                    sent = text
+            try:
+                gen = await job.future
+            except Exception as e:  # the headers are sent: report it in the stream
+                yield event({"error": {"message": f"generation failed: {e}", "type": "server_error"}})
+                return
+            text, reason = protocol.finished(gen, req)
+            if text.startswith(sent) and len(text) > len(sent):
+                yield piece(text[len(sent):])
+            stats = protocol.completion(cid, name, gen, req)["fvlm"]
+            yield event(protocol.chunk(cid, name, created, {}, reason, {**(usage_field or {}), "fvlm": stats}))
+            if req.include_usage:
+                yield event(protocol.chunk(cid, name, created, None, extra={"usage": protocol.usage(gen)}))
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or the stream ended): stop generating for it
+            job.cancel.set()
 
     @app.post("/v1/compare")
     async def compare(request: Request):

@@ -3,7 +3,8 @@
 Handlers (asyncio) decode media in worker threads, then `submit` a GenJob; the engine thread takes it, waits up
 to `batch_wait_s` for more jobs with the same decoding settings (mode, max_tokens, temperature, top_p, order,
 seed), runs them as one `generate_clips` batch, and resolves each job's future. Streaming jobs receive each new
-token id as it is made. A CallJob runs any function on this thread (the demo page's three-mode comparison), so
+token id as it is made. A row stops early when its text reaches one of the job's stop strings or when its handler
+cancels it (a streaming client went away, or saw the stop string first), so the batch does not wait on it. A CallJob runs any function on this thread (the demo page's three-mode comparison), so
 the model is never run by two threads at once; `stats` counts batches and checks exactly that.
 """
 
@@ -27,8 +28,10 @@ class GenJob:
     key: tuple                      # (mode, max_tokens, temperature, top_p, order, seed): batchable together
     loop: asyncio.AbstractEventLoop
     stream: bool = False
+    stop: tuple = ()                # stop strings: the row ends once its text contains one
     future: asyncio.Future = None
     tokens: Optional[asyncio.Queue] = None
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self):
         self.future = self.loop.create_future()
@@ -154,16 +157,30 @@ class Engine:
 
         mode, max_tokens, temperature, top_p, order, seed = batch[0].key
         streams = [(i, j) for i, j in enumerate(batch) if j.tokens is not None]
+        made: list[list[int]] = [[] for _ in batch]  # for the stop strings
+        tok = self.lm.tokenizer
 
         def on_step(tokens):
-            for i, j in streams:
-                if tokens[i] is not None:
+            cut = []
+            for i, j in enumerate(batch):
+                if tokens[i] is None:
+                    continue
+                if j.tokens is not None:
                     j.loop.call_soon_threadsafe(j.tokens.put_nowait, tokens[i])
+                if j.stop:
+                    made[i].append(tokens[i])
+                    text = tok.decode(made[i], skip_special_tokens=True)
+                    if any(s in text for s in j.stop):
+                        cut.append(i)
+                        continue
+                if j.cancel.is_set():
+                    cut.append(i)
+            return cut
 
         try:
             gens = generate_clips(self.lm, [j.clip for j in batch], [j.messages for j in batch], mode=mode,
                                   max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, order=order,
-                                  seed=seed, on_step=on_step if streams else None)
+                                  seed=seed, on_step=on_step)
         except Exception as e:
             if len(batch) > 1 and not streams:  # find the one that fails; the others still get answers
                 for j in batch:

@@ -1,21 +1,27 @@
 """The OpenAI chat-completions shapes fvlm speaks, and every reason a request is refused (4xx JSON).
 
 A request is the OpenAI one: `messages` (system / user / assistant; user content a string or parts
-`{"type": "text"}`, `{"type": "image_url", "image_url": {"url"}}`, `{"type": "video_url", "video_url": {"url"}}`),
-`max_tokens` (or `max_completion_tokens`), `temperature`, `top_p`, `seed`, `stream`, plus the fvlm extra field
-`mode` (coarse_only | coarse_fine | autoregressive) and `order`. Exactly one image or video per request.
-Errors follow OpenAI's body: {"error": {"message", "type", "param", "code"}}.
+`{"type": "text"}`, `{"type": "image_url", "image_url": {"url"}}`, `{"type": "video_url", "video_url": {"url"}}`,
+and the Responses-style `{"type": "input_text", "text"}` / `{"type": "input_image", "image_url": "<url>"}` that
+vLLM takes too; text parts are joined by newlines), `max_tokens` (or `max_completion_tokens`), `temperature`,
+`top_p`, `seed`, `stop` (a string or up to 4), `stream` with `stream_options.include_usage`, plus the fvlm extra
+fields `mode` (coarse_only | coarse_fine | autoregressive) and `order`. Exactly one image or video per request.
+What fvlm cannot honour is refused rather than ignored: `n` > 1, `logprobs`, `tools`, a non-text
+`response_format`. Errors follow OpenAI's body: {"error": {"message", "type", "param", "code"}}.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 MODES = ("coarse_only", "coarse_fine", "autoregressive")
-MEDIA_PARTS = {"image_url": "image", "video_url": "video", "input_image": "image", "input_video": "video"}
+MEDIA_PARTS = {"image_url": "image", "video_url": "video", "input_image": "image"}
+TEXT_PARTS = ("text", "input_text")
+MAX_STOPS = 4  # as OpenAI
 
 
 class ApiError(Exception):
@@ -41,6 +47,8 @@ class ChatRequest:
     seed: Optional[int] = None
     order: Optional[str] = None
     stream: bool = False
+    include_usage: bool = False   # stream_options.include_usage: a last chunk with usage and no choices
+    stop: tuple = ()              # strings that end the completion (not included in it)
     model: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -49,7 +57,8 @@ def _number(body: dict, key: str, lo: float, hi: float, default, cast=float):
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and int(value) != value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (cast is int and int(value) != value):
         raise ApiError(400, f"'{key}' must be a{'n integer' if cast is int else ' number'}, got {value!r}", key)
     if not lo <= value <= hi:
         raise ApiError(400, f"'{key}' must be between {lo:g} and {hi:g}, got {value!r}", key)
@@ -63,14 +72,15 @@ def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> 
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
-    mode = body.get("mode", "autoregressive")
+    mode = body.get("mode") or "autoregressive"
     if mode not in MODES:
         raise ApiError(400, f"unknown mode {mode!r}; use one of {', '.join(MODES)}", "mode")
     order = body.get("order")
     if order not in (None, "video_first", "question_first"):
         raise ApiError(400, f"unknown order {order!r}; use video_first or question_first", "order")
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise ApiError(400, "only n=1 is supported", "n")
+    _refuse_unsupported(body)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _number(body, key, 1, 1 << 31, min(default_max_tokens, max_tokens_limit), int)
     if max_tokens > max_tokens_limit:
@@ -89,10 +99,10 @@ def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> 
             for j, part in enumerate(content):
                 where = f"messages[{i}].content[{j}]"
                 kind = part.get("type") if isinstance(part, dict) else None
-                if kind == "text":
+                if kind in TEXT_PARTS:
                     parts.append(str(part.get("text", "")))
                 elif kind in MEDIA_PARTS:
-                    ref = part.get(kind)
+                    ref = part.get(kind) if kind != "input_image" else part.get("image_url", part.get(kind))
                     url = ref.get("url") if isinstance(ref, dict) else ref
                     if not isinstance(url, str) or not url:
                         raise ApiError(400, f"{where}: {kind} needs a url", where)
@@ -100,7 +110,7 @@ def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> 
                 else:
                     raise ApiError(400, f"{where}: unsupported content part type {kind!r} "
                                         f"(use text, image_url or video_url)", where)
-            text = "".join(parts)
+            text = "\n".join(p for p in parts if p)
         else:
             raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", f"messages[{i}]")
         conv.append({"role": role, "content": text})
@@ -115,29 +125,86 @@ def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> 
                        temperature=_number(body, "temperature", 0.0, 2.0, 0.0),
                        top_p=_number(body, "top_p", 1e-6, 1.0, 1.0),
                        seed=_number(body, "seed", -(1 << 63), (1 << 63) - 1, None, int), order=order,
-                       stream=bool(body.get("stream", False)), model=str(body.get("model") or ""))
+                       stream=bool(body.get("stream", False)), include_usage=_include_usage(body),
+                       stop=_stops(body), model=str(body.get("model") or ""))
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """Fields whose meaning fvlm cannot deliver: a 400 naming them, never a silently different answer."""
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise ApiError(400, "logprobs are not supported by fvlm serve", "logprobs")
+    if body.get("tools") and body.get("tool_choice", "auto") != "none" or body.get("functions"):
+        raise ApiError(400, "tool calling is not supported by fvlm serve", "tools")
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type", "text") != "text"):
+        raise ApiError(400, "only response_format {'type': 'text'} is supported (no JSON mode)", "response_format")
+
+
+def _stops(body: dict) -> tuple:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops) or len(stops) > MAX_STOPS:
+        raise ApiError(400, f"'stop' must be a string or a list of at most {MAX_STOPS} strings", "stop")
+    return tuple(x for x in stops if x)
+
+
+def _include_usage(body: dict) -> bool:
+    opts = body.get("stream_options")
+    if opts is None:
+        return False
+    if not isinstance(opts, dict):
+        raise ApiError(400, "'stream_options' must be an object", "stream_options")
+    if not body.get("stream"):
+        raise ApiError(400, "'stream_options' is only allowed with stream=true", "stream_options")
+    return bool(opts.get("include_usage"))
+
+
+def cut_at_stop(text: str, stops: tuple) -> tuple[str, bool]:
+    """`text` up to (not including) the earliest stop string, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def stop_holdback(text: str, stops: tuple) -> int:
+    """How many trailing characters of streamed `text` could still begin a stop string (kept back for now)."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
 
 def completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
+def finished(gen, req: ChatRequest) -> tuple[str, str]:
+    """(the completion's text, finish_reason): cut at the first stop string, which ends it as `stop`."""
+    text, hit = cut_at_stop(gen.text, req.stop)
+    return text, "stop" if hit else gen.extra.get("finish_reason", "stop")
+
+
+def usage(gen) -> dict:
+    n_out, n_in = len(gen.token_ids), int(gen.extra.get("prompt_tokens", 0))
+    return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+
+
 def completion(cid: str, model: str, gen, req: ChatRequest) -> dict:
     """The non-streaming response body for one Generation."""
-    n_out = len(gen.token_ids)
-    n_in = int(gen.extra.get("prompt_tokens", 0))
+    text, reason = finished(gen, req)
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                         "finish_reason": gen.extra.get("finish_reason", "stop"), "logprobs": None}],
-            "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": reason, "logprobs": None}],
+            "usage": usage(gen),
             "fvlm": {"mode": req.mode, "frames": gen.frames, "seconds": round(gen.seconds, 4),
                      "first_token_s": round(gen.first_token_s, 4)}}
 
 
-def chunk(cid: str, model: str, created: int, delta: dict, finish: Optional[str] = None, extra: Optional[dict] = None) -> dict:
-    """One server-sent event of a streamed completion (OpenAI's chat.completion.chunk)."""
+def chunk(cid: str, model: str, created: int, delta: Optional[dict], finish: Optional[str] = None,
+          extra: Optional[dict] = None) -> dict:
+    """One server-sent event of a streamed completion (OpenAI's chat.completion.chunk); `delta` None: the usage
+    chunk, which has no choices."""
     body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish,
+                                                  "logprobs": None}]}
     if extra:
         body.update(extra)
     return body
