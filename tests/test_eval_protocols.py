@@ -133,13 +133,16 @@ def test_lmms_eval_prompt_strings():
     assert lmms_eval.prompt("video-mme", "What colour?", opts) == (
         "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
         "Respond with only the letter (A, B, C, or D) of the correct option.\nWhat colour?\nA. red\nB. blue\n"
-        "\nAnswer the question with A, B, C, or D.")
+        "\nAnswer with the option's letter from the given choices directly.")
     assert lmms_eval.prompt("pope", " Is there a cat in the image? ", ["yes", "no"]) == \
         "Is there a cat in the image?\nAnswer the question using a single word or phrase."
     assert lmms_eval.prompt("scienceqa", "Context: hot\nWhich is warm?", opts) == \
         "Context: hot\nWhich is warm?\nA. red\nB. blue\nAnswer with the option's letter from the given choices directly."
     assert lmms_eval.prompt("mlvu", "What colour?", opts) == \
         "\nQuestion: What colour?\nOptions:\n(A) red\n(B) blue\nOnly give the best option.\n\nBest option: ("
+    doc = "What colour?\n(A) red\n(B) blue"  # MLVU_dev's question field, used whole as lmms-eval does
+    assert lmms_eval.prompt("mlvu", "What colour?", opts, doc) == \
+        "\nWhat colour?\n(A) red\n(B) blue\nOnly give the best option.\n\nBest option: ("
     with pytest.raises(ValueError):
         lmms_eval.prompt("synthetic", "q", opts)
 
@@ -148,7 +151,8 @@ def test_lmms_eval_prompt_strings():
     ("mvbench", "(B) blue", "B", True), ("mvbench", "B. blue", "B", True), ("mvbench", "a red one", "A", True),
     ("mvbench", "blue", "B", False), ("video-mme", "The best answer is C.", "C", True),
     ("video-mme", "I would say that it is clearly the one on the left of the frame", "A", False),
-    ("mlvu", "B) blue", "B", True), ("pope", " Yes ", "A", True), ("pope", "Yes.", "A", False),
+    ("mlvu", "B) blue", "B", True), ("mlvu", " B ", "B", True), ("mlvu", "B. blue", "B", False),
+    ("mlvu", "The answer is B", "B", False), ("pope", " Yes ", "A", True), ("pope", "Yes.", "A", False),
     ("scienceqa", "A", "A", True), ("scienceqa", "A. red", "A", True), ("scienceqa", "(A)", "A", False),
 ])
 def test_lmms_eval_answer_extraction(bench_name, generated, truth, ok):
@@ -273,3 +277,20 @@ def test_lmms_eval_generations_are_read_by_the_task_rule(lm, shards, tmp_path, m
     sq = [r for r in rows if r["benchmark"] == "scienceqa"]
     assert all(r["prediction"] is None and not r["correct"] for r in sq)  # "The best ..." is no ScienceQA answer
     assert res["benchmarks"]["scienceqa"]["questions"] == 5  # scienceqa_img: the text-only question is left out
+
+
+def test_lmms_eval_pope_metrics_are_lmms_evals(lm, tmp_path, monkeypatch):
+    """Under --protocol lmms-eval POPE's precision/recall/F1 read only an exact yes/no, and yes_ratio is the share of
+    ground-truth yes, as lmms-eval prints them ("Yes, there is." is a yes for fvlm's own reading, not for it)."""
+    from fvlm_cli.model import scoring
+
+    said = lm.tokenizer.encode("Yes, there is.", add_special_tokens=False)
+    monkeypatch.setattr(scoring, "greedy", lambda model, stream, h, n, stops=(): [list(said) for _ in range(h.shape[0])])
+    write_shards(tmp_path / "pope", mcq_samples(8, yes_no=True), per_shard=8)
+    res = bench.run_bench(["pope"], lm, modes=["coarse_only"], protocol="lmms-eval", out_dir=tmp_path / "o",
+                          data_paths={"pope": str(tmp_path / "pope")}, progress=False)
+    leaf = res["benchmarks"]["pope"]["coarse_only"]["generate"]
+    rows = [json.loads(x) for x in (tmp_path / "o" / "samples.jsonl").read_text().splitlines()]
+    truth_yes = sum(r["truth"] == "A" for r in rows) / len(rows)
+    assert leaf["accuracy"] == 0.0 and leaf["precision"] == 0.0 and leaf["recall"] == 0.0 and leaf["f1"] == 0.0
+    assert leaf["yes_ratio"] == pytest.approx(truth_yes) and 0 < truth_yes < 1

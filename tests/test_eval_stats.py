@@ -81,6 +81,19 @@ def test_pope_metrics_hand_computed():
     assert m["total"] == 6
 
 
+def test_pope_metrics_as_lmms_eval_aggregates_them():
+    """lmms-eval's pope/utils.py: only an exact (lower-cased, stripped) yes/no is a prediction, and yes_ratio is the
+    share of ground-truth yes."""
+    from fvlm_cli.eval.stats import pope_metrics_lmms_eval
+
+    gens = [" Yes ", "yes", "no", "no", "Yes, there is a dog.", "maybe"]
+    truths = ["yes", "no", "yes", "no", "yes", "no"]
+    # TP = 1 (row 1), FP = 1 (row 2), FN = 1 (row 3); "Yes, there is a dog." is neither a yes nor a no here
+    m = pope_metrics_lmms_eval(gens, truths)
+    assert m == pytest.approx({"precision": 1 / 2, "recall": 1 / 2, "f1": 1 / 2, "yes_ratio": 3 / 6})
+    assert pope_metrics_lmms_eval(["no"], ["no"]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "yes_ratio": 0.0}
+
+
 def test_pope_metrics_no_yes_predictions():
     m = pope_metrics(["no", "no"], ["yes", "no"])
     assert m == {"accuracy": 0.5, "precision": 0.0, "recall": 0.0, "f1": 0.0, "yes_ratio": 0.0, "total": 2}

@@ -180,6 +180,8 @@ def test_mlvu_reads_lmms_evals_parquet_copy_locally_and_by_hub_id(tmp_path, hub)
     records, rows, _ = run("mlvu", root, tmp_path / "o1", tmp_path / "c")
     check("mlvu", records, rows, want)
     assert records["q0"]["question"] == "What colour is the hat?" and records["q0"]["category"] == "plotQA"
+    # lmms-eval's prompt reads the whole field (options included): kept as it is
+    assert records["q0"]["meta"]["doc_question"] == "What colour is the hat?\n(A) Red\n(B) Blue\n(C) Green"
     hub.add("sy1998/MLVU_dev", root)
     remote = run("mlvu", "sy1998/MLVU_dev", tmp_path / "o2", tmp_path / "c")
     check("mlvu", *remote[:2], want)

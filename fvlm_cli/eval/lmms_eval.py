@@ -8,19 +8,27 @@ scienceqa/scienceqa_img.yaml + utils.py, mlvu/mlvu_dev.yaml + utils.py), rule by
   benchmark   user text (after the visual)                                                max_new_tokens
   mvbench     "Question:" + q + "\\nOption:\\n" + "(A) opt\\n"... + "Only give the best option.\\n"          16
   video-mme   "Select the best answer ... Respond with only the letter (A, B, C, or D) of the correct
-              option.\\n" + q + "\\n" + "A. opt\\nB. opt..." + "\\n" + "\\nAnswer the question with A, B, C, or D."  16
+              option.\\n" + q + "\\n" + "A. opt\\nB. opt..." + "\\n" + "\\nAnswer with the option's letter from
+              the given choices directly." (videomme.yaml's default post_prompt since the options are
+              listed one per line; the older "Answer the question with A, B, C, or D." went with the
+              list-repr options and is now only the gpt4v override)                                   16
   pope        q.strip() + "\\nAnswer the question using a single word or phrase."                          128
   scienceqa   q (with "Context: hint\\n" in front when the row has a hint) + "\\n" + "A. opt\\n..." +
               "\\nAnswer with the option's letter from the given choices directly."                         16
-  mlvu        "\\n" + "Question: q\\nOptions:\\n(A) opt\\n..." + "\\nOnly give the best option.\\n" + "\\n" +
-              "Best option: ("                                                                          16
+  mlvu        "\\n" + doc question + "\\nOnly give the best option.\\n" + "\\n" + "Best option: (", the doc
+              question being MLVU_dev's own `question` field as stored (its options included) when the
+              shard has it (meta.doc_question), else MLVU's format "Question: q\\nOptions:\\n(A) opt..."    16
 Only ScienceQA questions with an image are scored (scienceqa_img). Generation is greedy (temperature 0, one beam) until `<|im_end|>`/eos or max_new_tokens. Answers are read with
 each task's own rule (`correct`), not fvlm's letter extraction:
   mvbench     "L. text" -> L; else punctuation stripped, lower-cased, first standalone a-e letter; compared with
               the truth letter processed the same way. lmms-eval's score divides by the non-empty answers only
               (`lmms_eval_score`).
-  video-mme / mlvu  answer prefixes ("The best answer is", ...) removed; "" when over 10 words and no A-D; else
-              the first A/B/C/D anywhere in the answer. MLVU's lmms-eval score is the mean over task types.
+  video-mme   answer prefixes ("The best answer is", ...) removed; "" when over 10 words and no A-D; else
+              the first A/B/C/D anywhere in the answer.
+  mlvu        mlvu_dev's rule (utils.py with mlvu_aggregate_results_dev): with a ")" in the stripped answer,
+              the character before the first ")"; else the whole stripped answer; it must equal the truth
+              letter exactly ("B) blue" and "B" count, "B. blue" does not). The lmms-eval score is the mean
+              over task types.
   pope        the lower-cased, stripped answer must equal "yes" / "no" exactly.
   scienceqa   the answer equals the letter, or starts with "<capital>." whose capital is the letter.
 Frame policy: the frames stored in the shards (precompute samples 1 fps, at most 64 frames: SmolVLM2's video
@@ -42,7 +50,7 @@ FRAME_POLICY = "stored frames (1 fps, <= 64); images replicated to image_frames"
 
 VIDEOMME_INSTRUCTION = ("Select the best answer to the following multiple-choice question based on the video and the "
                         "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
-VIDEOMME_POST = "\nAnswer the question with A, B, C, or D."
+VIDEOMME_POST = "\nAnswer with the option's letter from the given choices directly."
 MVBENCH_POST = "Only give the best option.\n"
 POPE_POST = "\nAnswer the question using a single word or phrase."
 SCIENCEQA_POST = "\nAnswer with the option's letter from the given choices directly."
@@ -52,8 +60,9 @@ def supports(bench: str) -> bool:
     return bench in BENCHMARKS
 
 
-def prompt(bench: str, question: str, options: Sequence[str]) -> str:
-    """lmms-eval's user text for one question (`question` and `options` as stored in the shard record)."""
+def prompt(bench: str, question: str, options: Sequence[str], doc_question: Optional[str] = None) -> str:
+    """lmms-eval's user text for one question (`question` and `options` as stored in the shard record;
+    `doc_question`: the dataset's own question field where lmms-eval reads it whole, MLVU_dev's)."""
     opts = [str(o) for o in options]
     if bench == "mvbench":
         listed = "".join(f"({option_letter(i)}) {o}\n" for i, o in enumerate(opts))
@@ -66,9 +75,10 @@ def prompt(bench: str, question: str, options: Sequence[str]) -> str:
     if bench == "scienceqa":  # fvlm's ScienceQA question already holds "Context: {hint}\n" when there is a hint
         listed = "\n".join(f"{option_letter(i)}. {o}" for i, o in enumerate(opts))
         return f"{question}\n{listed}{SCIENCEQA_POST}"
-    if bench == "mlvu":  # MLVU_dev's question field: "Question: q\nOptions:\n(A) ...\n(B) ..."
-        listed = "\n".join(f"({option_letter(i)}) {o}" for i, o in enumerate(opts))
-        doc_question = f"Question: {question}\nOptions:\n{listed}"
+    if bench == "mlvu":
+        if not doc_question:  # the json layout: MLVU's own question format
+            listed = "\n".join(f"({option_letter(i)}) {o}" for i, o in enumerate(opts))
+            doc_question = f"Question: {question}\nOptions:\n{listed}"
         return "\n" + doc_question + "\nOnly give the best option.\n" + "\n" + "Best option: ("
     raise ValueError(f"lmms-eval protocol has no task for benchmark {bench!r}; it covers {', '.join(BENCHMARKS)}")
 
@@ -117,13 +127,22 @@ def abcd(answer: str) -> str:
     return m[0] if m else ""
 
 
+def mlvu_extract(answer: str) -> str:
+    """mlvu_dev's `extract_characters_regex`: the character before the first ")", else the stripped answer."""
+    s = answer.strip()
+    return s[s.index(")") - 1: s.index(")")] if ")" in s else s
+
+
 def read_answer(bench: str, generated: str, n_options: int) -> Optional[str]:
     """The letter a generation chose under the task's rule (None: nothing the task would count)."""
     if bench == "mvbench":
         p = mvbench_process(generated)
         return p if len(p) == 1 and p in string.ascii_uppercase else None
-    if bench in ("video-mme", "mlvu"):
+    if bench == "video-mme":
         return abcd(generated) or None
+    if bench == "mlvu":
+        pred = mlvu_extract(generated)
+        return pred if len(pred) == 1 and pred in string.ascii_uppercase[:n_options] else None
     if bench == "pope":
         word = generated.lower().strip()
         return {"yes": "A", "no": "B"}.get(word)
@@ -140,8 +159,10 @@ def correct(bench: str, generated: str, truth: str, n_options: int) -> bool:
     """Whether lmms-eval would score the generation right against the truth letter."""
     if bench == "mvbench":
         return mvbench_process(generated) == mvbench_process(truth)
-    if bench in ("video-mme", "mlvu"):
+    if bench == "video-mme":
         return abcd(generated).lower() == truth.lower()
+    if bench == "mlvu":
+        return mlvu_extract(generated) == truth
     return read_answer(bench, generated, n_options) == truth
 
 

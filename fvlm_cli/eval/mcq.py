@@ -55,6 +55,7 @@ class Question:
     is_image: bool = False
     question: str = ""            # the bare question (record["question"]): lmms-eval builds its own prompt
     bench: str = ""
+    doc_question: str = ""        # the dataset's own question field where lmms-eval reads it whole (MLVU_dev)
 
 
 def frame_policy(protocol: str, image_frames: int) -> str:
@@ -222,7 +223,7 @@ def score_questions(lm, questions: Sequence[Question], *, modes: Sequence[str] =
         if len(benches) != 1:
             raise ValueError(f"lmms-eval scores one benchmark per batch, got {sorted(benches)}")
         bench = benches.pop()
-        msgs = [[{"role": "user", "content": lmms_eval.prompt(bench, q.question, q.options)}] for q in questions]
+        msgs = [[{"role": "user", "content": lmms_eval.prompt(bench, q.question, q.options, q.doc_question)}] for q in questions]
         batch = encode_prompts(msgs, [_clip(q, lm.media.image_frames) for q in questions], tok,
                                system_prompt=lm.chat.system_prompt, order=order)
         gen_tokens = lmms_eval.MAX_NEW_TOKENS[bench]

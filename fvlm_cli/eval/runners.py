@@ -88,7 +88,8 @@ def _question(item: Item, frames, bench: str):
     is_image = (rec.get("media_type") or ("image" if len(frames) == 1 else "video")) == "image" and len(frames) == 1
     return Question(item.uid, prompt_turns(rec), [str(o) for o in rec["options"]], str(rec["answer"]).strip().upper(),
                     frames, str(rec.get("category") or "uncategorized"), cluster, is_image=is_image,
-                    question=str(rec.get("question") or ""), bench=bench)
+                    question=str(rec.get("question") or ""), bench=bench,
+                    doc_question=str((rec.get("meta") or {}).get("doc_question") or ""))
 
 
 def run_mcq(run: Run, name: str, path: Path) -> Optional[dict]:

@@ -105,6 +105,25 @@ def pope_metrics(preds: list[str], truths: list[str]) -> dict:
     }
 
 
+def pope_metrics_lmms_eval(generations: list[str], truths: list[str]) -> dict:
+    """POPE's precision, recall, f1 and yes_ratio as lmms-eval's pope/utils.py aggregates them: a prediction is
+    the lower-cased, stripped generation and only an exact "yes" / "no" counts (anything else is neither a positive
+    nor a negative prediction), and yes_ratio is the share of *ground-truth* yes (0.5 on POPE's balanced splits),
+    not of predicted yes as in `pope_metrics`. A zero denominator gives 0, as there."""
+    tp = fp = fn = yes = 0
+    for gen, truth in zip(generations, truths, strict=True):
+        pred, gt = (gen or "").lower().strip(), truth.lower().strip()
+        tp += gt == "yes" and pred == "yes"
+        fp += gt == "no" and pred == "yes"
+        fn += gt == "yes" and pred == "no"
+        yes += gt == "yes"
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {"precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "yes_ratio": yes / len(truths) if truths else 0.0}
+
+
 def chance_accuracy(n_options_list: list[int]) -> float:
     """Expected accuracy of uniform guessing: the mean of 1/k over the questions' option counts."""
     if not n_options_list:

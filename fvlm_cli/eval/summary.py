@@ -46,10 +46,15 @@ def breakdowns(rows: Sequence[dict]) -> dict:
     return out
 
 
-def _pope(rows: Sequence[dict], predicted_text) -> dict:
+def _pope(rows: Sequence[dict], predicted_text, protocol: str) -> dict:
+    """POPE's extra metrics; under --protocol lmms-eval computed as lmms-eval computes them (its exact yes/no
+    reading, and a yes_ratio of the ground truth), so they compare with its printout."""
     from fvlm_cli.eval.letters import index as letter_index
+    from fvlm_cli.eval.stats import pope_metrics_lmms_eval
 
     truths = [r["options"][letter_index(r["truth"])] for r in rows]
+    if protocol == "lmms-eval":
+        return pope_metrics_lmms_eval([str(r.get("generated") or "") for r in rows], truths)
     pope = pope_metrics([predicted_text(r, r["options"]) for r in rows], truths)
     return {k: pope[k] for k in ("precision", "recall", "f1", "yes_ratio")}
 
@@ -66,12 +71,12 @@ def mcq_leaf(bench: str, rows: Sequence[dict], *, protocol: str, method: str, fr
     if bd := breakdowns(rows):
         leaf["breakdowns"] = bd
     if bench == "pope" and rows:
-        leaf.update(_pope(rows, predicted_text))
+        leaf.update(_pope(rows, predicted_text, protocol))
         by: dict[str, list[dict]] = {}
         for r in rows:
             by.setdefault(str(r.get("category") or "uncategorized"), []).append(r)
         for cat, group in by.items():
-            leaf["per_category"][cat].update(_pope(group, predicted_text))
+            leaf["per_category"][cat].update(_pope(group, predicted_text, protocol))
     if protocol == "lmms-eval" and (score := lmms_eval.lmms_eval_score(bench, rows)) is not None:
         leaf["lmms_eval_score"] = score
     return leaf

@@ -13,8 +13,9 @@ MLVU_Test (`test_multi_choice_tasks.json`, six options) is not read: its answers
 server scores it), so there is nothing to score locally.
 
 lmms-eval's copy (`--input sy1998/MLVU_dev`, or a local copy of it) is read too: `mlvu/test-*.parquet` with
-  video_name, duration, question (the options follow on later lines), candidates, answer (a letter, or the
-  text of a candidate), task_type, question_id
+  video_name, duration, question (the options follow on later lines; kept whole as meta.doc_question, which
+  `--protocol lmms-eval` puts in its prompt as lmms-eval does), candidates, answer (a letter, or the text of a
+  candidate), task_type, question_id
 and the videos in root-level zips (`video_part_N.zip`, `action_count.zip`, ...) read in place, a member
 found by the `video_name` path or, failing that, by its file name; unzipped files under the root work too.
 """
@@ -148,8 +149,11 @@ def _dev_sample(root: Path, members: dict, id: str, task: str, row: dict) -> Raw
         if not (root / video).is_file():
             raise _hub.MissingMedia(f"video {video} is in no *.zip and not under the root", video)
         media = str(root / video)
-    question = str(_hub.need(row, "question")).strip().split("\n")[0]  # the options follow: ours are re-lettered
-    extra = {"task": task}
+    doc_question = str(_hub.need(row, "question"))
+    # the first line is the question (a "Question: " label dropped), the options follow: ours are re-lettered;
+    # lmms-eval's prompt reads the whole field, so it is kept as it is in meta.doc_question
+    question = doc_question.strip().split("\n")[0].strip().removeprefix("Question:").strip()
+    extra = {"task": task, "doc_question": doc_question}
     if row.get("duration") is not None:
         extra["duration"] = row["duration"]
     return _hub.mcq_sample(id=id, source=NAME, question=question, options=candidates, answer_index=index,
