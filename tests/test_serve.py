@@ -308,3 +308,20 @@ def test_a_full_queue_is_503_not_a_hang():
     with pytest.raises(ApiError) as e:
         engine.submit("job 3")
     assert e.value.status == 503 and e.value.body()["error"]["code"] == "queue_full"
+
+
+def test_cors_only_for_the_origins_given():
+    """--cors-origin lets a page on another origin call the API (preflight answered); without it, no CORS headers."""
+    from fastapi.testclient import TestClient
+
+    from fvlm_cli.infer.settings import ServeConfig
+    from fvlm_cli.serve import app as serve_app
+
+    pre = {"Origin": "http://ui.example:3000", "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "content-type"}
+    with TestClient(serve_app.create_app(_LM(), ServeConfig(cors_origins=["http://ui.example:3000"]), "tiny")) as c:
+        r = c.options("/v1/chat/completions", headers=pre)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ui.example:3000"
+        assert "access-control-allow-origin" not in c.get("/v1/models", headers={"Origin": "http://evil.example"}).headers
+    with TestClient(serve_app.create_app(_LM(), ServeConfig(), "tiny")) as c:
+        assert "access-control-allow-origin" not in c.get("/v1/models", headers={"Origin": "http://ui.example:3000"}).headers

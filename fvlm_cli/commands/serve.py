@@ -11,7 +11,7 @@ from fvlm_cli.infer.settings import ServeConfig
 
 SERVE_FLAGS = {"host": "host", "port": "port", "allow_local_files": "allow_local_files", "max_body_mb": "max_body_mb",
                "max_media_mb": "max_media_mb", "max_tokens": "max_tokens", "batch_size": "batch_size",
-               "batch_wait_ms": "batch_wait_ms"}
+               "batch_wait_ms": "batch_wait_ms", "cors_origin": "cors_origins"}
 
 
 def serve(
@@ -25,6 +25,9 @@ def serve(
     max_tokens: Optional[int] = flag(ServeConfig, "max_tokens", "--max-tokens"),
     batch_size: Optional[int] = flag(ServeConfig, "batch_size", "--batch-size"),
     batch_wait_ms: Optional[float] = flag(ServeConfig, "batch_wait_ms", "--batch-wait-ms"),
+    cors_origin: Optional[list[str]] = flag(ServeConfig, "cors_origins", "--cors-origin",
+                                            help="a browser origin allowed to call the API (repeatable; '*' = any)",
+                                            metavar="ORIGIN"),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:

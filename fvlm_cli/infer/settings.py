@@ -47,3 +47,5 @@ class ServeConfig:
     batch_wait_ms: float = field(10.0, help="how long the batcher waits for more requests before running a batch")
     max_queue: int = field(64, help="requests waiting at most; more get 503")
     fetch_timeout: float = field(20.0, help="seconds to fetch media from a URL")
+    cors_origins: list[str] = field([], help="browser origins allowed to call the API from another page "
+                                             "(CORS; '*' = any); none by default")

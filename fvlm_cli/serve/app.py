@@ -60,6 +60,11 @@ def create_app(lm, cfg, model_id: str) -> FastAPI:
 
     app = FastAPI(title="fvlm", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.engine = engine
+    if cfg.cors_origins:  # browser pages on other origins (a web UI on another port); off by default
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):
