@@ -151,3 +151,58 @@ def test_gpus_without_cuda_is_a_user_error(tree):
     if "CUDA is not available" not in r.stderr:
         pytest.skip("CUDA present")
     assert r.returncode == 2 and "--device cpu" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_keys_a_list_row_by_its_id_or_prompt_and_lists_may_carry_a_bom(tree, tmp_path):
+    """A list may ask one video several questions: --out resumes by input + id (else prompt), so a run killed
+    after the first row still answers the second. A CSV saved by Excel starts with a byte-order mark."""
+    from fvlm_cli.infer.inputs import done_key
+
+    lst = tmp_path / "qs.csv"
+    lst.write_text("id,path,prompt\nq1,{0},What moves?\nq2,{0},What colour is it?\n".format(tree / "a.mp4"),
+                   encoding="utf-8-sig")
+    found = resolve([str(lst)])
+    assert not found.errors and [u.extra for u in found.units] == [{"id": "q1"}, {"id": "q2"}]
+    out = tmp_path / "caps.jsonl"
+    first = {"input": str(tree / "a.mp4"), "id": "q1", "prompt": "What moves?", "text": "x"}
+    out.write_text(json.dumps(first) + "\n")  # as if killed after the first row
+    r = fvlm("caption", str(lst), "--model", "tiny", "--out", str(out), "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    assert [x["id"] for x in rows(out)] == ["q1", "q2"] and "1 already" in r.stderr
+    assert done_key("a.mp4", "q1") != done_key("a.mp4", "q2") != done_key("a.mp4")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="undecodable file names are a POSIX bytes-path matter")
+def test_a_file_name_that_is_not_utf8_is_captioned_and_resumed(tmp_path):
+    """Linux hands such a name over with surrogate escapes: the line is written \\u-escaped rather than stopping the
+    run, and a rerun finds it done."""
+    d = tmp_path / "media"
+    d.mkdir()
+    src = write_video(d / "plain.mp4", seconds=1, fps=8, size=(64, 48))
+    odd = os.fsdecode(bytes(d) + b"/caf\xe9.mp4")
+    os.rename(src, odd)
+    out = tmp_path / "caps.jsonl"
+    r = fvlm("caption", str(d), "--model", "tiny", "--out", str(out), "--max-new-tokens", "2")
+    assert r.returncode == 0, r.stderr
+    (rec,) = rows(out)
+    assert rec["input"] == odd and "\\udce9" in out.read_text()
+    again = fvlm("caption", str(d), "--model", "tiny", "--out", str(out), "--max-new-tokens", "2")
+    assert again.returncode == 0 and "1 already" in again.stderr and len(rows(out)) == 1
+
+
+def test_stdout_is_one_line_per_input(tree, monkeypatch, capsys):
+    """Without --out a caption is printed on its input's line, whatever whitespace the model put in it."""
+    from typer.testing import CliRunner
+
+    from fvlm_cli.cli import app
+    from fvlm_cli.infer import captioner
+
+    real = captioner._records
+
+    def multiline(lm, batch, g):
+        return [dict(r, text="A red\ncircle\tmoves.") if "text" in r else r for r in real(lm, batch, g)]
+
+    monkeypatch.setattr(captioner, "_records", multiline)
+    r = CliRunner().invoke(app, ["caption", str(tree / "a.mp4"), "--model", "tiny", "--max-new-tokens", "2"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines() == [f"{tree / 'a.mp4'}\tA red circle moves."]

@@ -69,6 +69,7 @@ def caption(
     from rich.console import Console
     from rich.markup import escape
 
+    from fvlm_cli.infer.captioner import json_line
     from fvlm_cli.infer.inputs import resolve
 
     errc = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -79,16 +80,16 @@ def caption(
         if "skipped" in rec:
             return
         if json_out:
-            typer.echo(json.dumps(rec, ensure_ascii=False))
-        elif "text" in rec and cfg.out is None:
-            typer.echo(f"{rec['input']}\t{rec['text']}")
+            typer.echo(json_line(rec), nl=False)
+        elif "text" in rec and cfg.out is None:  # one line per input, whatever the caption holds
+            typer.echo(f"{rec['input']}\t{' '.join(rec['text'].split())}")
 
     found = resolve(inputs)
     out_path = Path(cfg.out) if cfg.out else None
     from fvlm_cli.infer.captioner import ResultWriter, read_done
 
     done = read_done(out_path)
-    units = [u for u in found.units if not (hasattr(u, "input") and u.input in done)]
+    units = [u for u in found.units if not (hasattr(u, "key") and u.key in done)]
     already = found.count_done(done)
     from fvlm_cli.progress import Progress
 

@@ -29,7 +29,7 @@ import torch
 
 from fvlm_cli.errors import FvlmError
 from fvlm_cli.infer.core import clip_tensor, generate_clips, load_clip
-from fvlm_cli.infer.inputs import ShardUnit, shard_input
+from fvlm_cli.infer.inputs import ShardUnit, done_key, shard_input
 
 
 @dataclass
@@ -98,9 +98,9 @@ class DecodeStream(torch.utils.data.IterableDataset):
         try:
             for s in iter_shard_samples(unit.path, decode="bytes"):
                 name = shard_input(unit.path, s["__key__"])
-                if name in self.done:
-                    continue
                 rec = s["json"]
+                if done_key(name, rec.get("id")) in self.done:
+                    continue
                 extra = {"id": rec["id"]} if rec.get("id") is not None else {}
                 if not s["frames"]:
                     yield Decoded(name, extra=extra, skipped="text-only sample")
@@ -199,7 +199,8 @@ def failures_path(out: Path) -> Path:
 
 
 def read_done(out: Optional[Path]) -> frozenset:
-    """Inputs already captioned in `out` (a line cut short by a kill is ignored: that input runs again)."""
+    """Inputs already captioned in `out`, by `done_key` (a line cut short by a kill is ignored: that input runs
+    again)."""
     if out is None or not out.exists():
         return frozenset()
     done = set()
@@ -210,8 +211,19 @@ def read_done(out: Optional[Path]) -> frozenset:
             except ValueError:
                 continue
             if isinstance(rec, dict) and "input" in rec and "text" in rec:
-                done.add(rec["input"])
+                done.add(done_key(rec["input"], rec.get("id"), rec.get("prompt")))
     return frozenset(done)
+
+
+def json_line(rec: dict) -> str:
+    """One JSONL line, UTF-8 where it can be; a file name that is not valid UTF-8 (Linux hands it over with
+    surrogate escapes) is written \\u-escaped instead of stopping the run, and reads back to the same name."""
+    line = json.dumps(rec, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(rec)
+    return line + "\n"
 
 
 class ResultWriter:
@@ -235,12 +247,12 @@ class ResultWriter:
 
     def __call__(self, rec: dict) -> None:
         if "text" in rec and self._f is not None:
-            self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._f.write(json_line(rec))
             self._f.flush()
         if "error" in rec and self.out is not None:
             if self._fail is None:
                 self._fail = open(failures_path(self.out), "a", encoding="utf-8")
-            self._fail.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._fail.write(json_line(rec))
             self._fail.flush()
         self.show(rec)
         if self.progress is not None:

@@ -30,12 +30,29 @@ LIST_EXTS = (".jsonl", ".csv", ".txt")
 PATH_KEYS = ("path", "video", "image", "media", "file")
 
 
+def done_key(input: str, id=None, prompt: Optional[str] = None) -> str:
+    """What --out resumes by: the input, plus the list row's id (else its prompt) when it has one, since a list may
+    ask one video several questions."""
+    if id not in (None, ""):
+        return f"{input}\x00id={id}"
+    return f"{input}\x00prompt={prompt}" if prompt else input
+
+
+def key_input(key: str) -> str:
+    return key.split("\x00", 1)[0]
+
+
 @dataclass
 class Item:
-    input: str                    # the name results carry and --out resumes by
+    input: str                    # the name results carry
     path: str                     # the file to decode
     prompt: Optional[str] = None  # from a list row (overrides --prompt)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """What --out resumes by (`done_key`)."""
+        return done_key(self.input, self.extra.get("id"), self.prompt)
 
 
 @dataclass
@@ -68,8 +85,9 @@ class Inputs:
         if not done:
             return 0
         tars = {u.path for u in self.units if isinstance(u, ShardUnit)}
-        files = sum(1 for u in self.units if isinstance(u, Item) and u.input in done)
-        return files + sum(1 for d in done if "#" in d and d.rsplit("#", 1)[0] in tars)
+        files = sum(1 for u in self.units if isinstance(u, Item) and u.key in done)
+        shard_inputs = (key_input(d) for d in done)
+        return files + sum(1 for d in shard_inputs if "#" in d and d.rsplit("#", 1)[0] in tars)
 
 
 def shard_input(tar: str, key: str) -> str:
@@ -90,7 +108,7 @@ def resolve(args: list[str]) -> Inputs:
         elif p.suffix.lower() in LIST_EXTS:
             _list(p, out)
         else:
-            out.units.append(Item(arg, arg))
+            out.units.append(Item(str(p), arg))  # `./clip.mp4` and `clip.mp4` are one input (one resume key)
     return out
 
 
@@ -129,7 +147,7 @@ def _shard_set(p: Path, out: Inputs) -> None:
 
 def _list(p: Path, out: Inputs) -> None:
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
     except (OSError, UnicodeDecodeError) as e:
         out.errors.append({"input": str(p), "error": f"cannot read list ({e})"})
         return
