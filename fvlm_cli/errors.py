@@ -23,6 +23,11 @@ class DataError(FvlmError):
     """Shards or dataset inputs are missing or malformed."""
 
 
+class CorruptShard(DataError):
+    """A shard whose bytes are bad (a broken tar, fewer samples than its manifest says) after the retries: training
+    skips the rest of it and goes on."""
+
+
 class TrainingError(FvlmError):
     """Training cannot continue (non-finite losses, bad resume state)."""
 

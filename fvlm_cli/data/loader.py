@@ -35,7 +35,10 @@ ranks x workers, block shuffles, cursors) and the elastic-resume plan.
 - Images (json "media_type" == "image", or one frame and no media_type) are replicated to
   `media.image_frames` frames when `data.replicate_images`.
 - Samples whose answer is fully truncated at `data.max_text_tokens` are dropped and counted (`loader.dropped`);
-  unreadable samples (no/garbled json, undecodable JPEG) are skipped and counted (`loader.corrupt`).
+  unreadable samples (no/garbled json, undecodable JPEG) are skipped and counted (`loader.corrupt`); a shard
+  whose bytes are bad (a broken tar, fewer samples than the manifest says) keeps the samples read
+  before the damage and the rest of it is skipped, logged and counted (`loader.corrupt_shards`); a local file
+  is not retried for that, a remote one after its retries. Network failures still stop the run after theirs.
 - Batches close at `data.batch_size` samples or, with `data.frame_budget` > 0, as soon as adding the next
   sample would make the padded frame count (B x T) exceed the budget (a lone sample over budget still forms
   its batch).
@@ -158,6 +161,7 @@ class ShardMixture(IterableDataset):
         readers = [SetReader(s, seed=o.seed, me=me, readers=self.world * roles, block=o.block, shuffle=o.shuffle,
                              epochs=o.epochs, access=o.access, plan=self.plans.get(s.name)) for s in self.sets]
         draw, dropped, corrupt, samples, batches = 0, 0, 0, 0, 0
+        shards_before = 0  # corrupt shards skipped before a resume (the readers count this process's)
         if state is not None:
             if state.get("roles") != roles or len(state.get("sets", [])) != len(readers):
                 raise TrainingError("data loader state does not match this loader (workers or shard sets changed)")
@@ -165,10 +169,12 @@ class ShardMixture(IterableDataset):
                 r.restore(cursor)
             draw, dropped, samples, batches = state["draw"], state["dropped"], state["samples"], state["batches"]
             corrupt = state.get("corrupt", 0)
+            shards_before = state.get("corrupt_shards", 0)
 
         def snapshot() -> dict:
             return {"role": role, "roles": roles, "sets": [dict(r.cursor) for r in readers], "draw": draw,
-                    "dropped": dropped, "corrupt": corrupt, "samples": samples, "batches": batches}
+                    "dropped": dropped, "corrupt": corrupt, "samples": samples, "batches": batches,
+                    "corrupt_shards": shards_before + sum(r.skipped_shards for r in readers)}
 
         def emit(items: list[_Item], snap: dict) -> dict:
             nonlocal samples, batches
@@ -431,7 +437,7 @@ class TrainLoader:
         self._delivered, self._dl_state = 0, None
         roles = self._n_roles
         totals = {k: sum(r.get(k, 0) for st in states for r in st["roles"].values())
-                  for k in ("dropped", "corrupt", "samples")}
+                  for k in ("dropped", "corrupt", "corrupt_shards", "samples")}
         draw = max((r["draw"] for st in states for r in st["roles"].values()), default=0)
         self._roles = {}
         for role in range(roles):  # fresh cursors at the plan's epoch; the old totals kept on rank 0 worker 0
@@ -461,6 +467,12 @@ class TrainLoader:
     def corrupt(self) -> int:
         """Unreadable samples skipped so far (no/garbled json, undecodable frames)."""
         return sum(s.get("corrupt", 0) for s in self._roles.values())
+
+    @property
+    def corrupt_shards(self) -> int:
+        """Shards whose bytes turned out bad (broken tar, short of the manifest's count): the rest of each was
+        skipped."""
+        return sum(s.get("corrupt_shards", 0) for s in self._roles.values())
 
     @property
     def epochs(self) -> dict[str, int]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from fvlm_cli.data.shards import ShardSample, stream_shard
-from fvlm_cli.errors import DataError, TrainingError
+from fvlm_cli.errors import CorruptShard, DataError, TrainingError
 
 log = logging.getLogger("fvlm.data")
 
@@ -94,6 +94,7 @@ class SetReader:
         self._block_end: tuple[int, int, int] = (0, 0, 0)
         self._epoch_cache: tuple[int, Any] = (-1, None)
         self._stream: Optional[list] = None   # [url, next ordinal, generator]
+        self.skipped_shards = 0               # corrupt shards whose rest was skipped (this process)
 
     def initial_cursor(self) -> dict:
         return {"epoch": self.plan["epoch"] if self.plan else 0, "shard": 0, "offset": 0, "index": 0, "pos": 0}
@@ -177,15 +178,21 @@ class SetReader:
         while shard < len(shards) and len(block) < self.block:
             url = shards[shard]
             full = False
-            for s in self._samples(url, offset):
-                offset = s.ordinal + 1
-                if self._keep(url, s.ordinal, include, exclude):
-                    if by_shard or index % self.readers == self.me:
-                        block.append(s)
-                    index += 1
-                if len(block) >= self.block:
-                    full = True
-                    break
+            try:
+                for s in self._samples(url, offset):
+                    offset = s.ordinal + 1
+                    if self._keep(url, s.ordinal, include, exclude):
+                        if by_shard or index % self.readers == self.me:
+                            block.append(s)
+                        index += 1
+                    if len(block) >= self.block:
+                        full = True
+                        break
+            except CorruptShard as e:  # its bytes are bad: the samples read so far stay, the rest is skipped
+                # (deterministically: a resumed run meets the same bytes and skips at the same sample)
+                self.skipped_shards += 1
+                logging.getLogger("fvlm.data").warning("%s; skipping the rest of this shard", e)
+                self._close_stream()
             if not full:
                 shard, offset = shard + 1, 0
                 self._close_stream()

@@ -63,6 +63,22 @@ class TransientError(IOError):
     """A failure worth retrying (5xx, reset, truncated stream)."""
 
 
+# reasons `describe_failure` gives when the transport itself failed (the bytes were not what broke)
+TRANSPORT_FAILURES = ("HTTP ", "curl: ", "command exited")
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """Whether a failure says the shard's bytes are bad (not the network): a broken tar or gzip, or data that ends
+    before the manifest's count. A sha256 mismatch under data.verify is not: the user asked for the check, so it
+    stops the run."""
+    import tarfile
+    import zlib
+
+    if isinstance(exc, (tarfile.TarError, EOFError, zlib.error)):
+        return True
+    return isinstance(exc, TransientError) and str(exc).startswith("stream ended after")
+
+
 def is_remote(url: str) -> bool:
     return str(url).startswith(REMOTE_SCHEMES)
 
@@ -144,7 +160,8 @@ def open_raw(url: str, access: ShardAccess) -> IO[bytes]:
 
 
 def describe_failure(url: str, exc: BaseException, stream: Optional[IO[bytes]] = None) -> tuple[str, bool]:
-    """(one-line reason, transient?) for a failure while reading `url`."""
+    """(one-line reason, transient?) for a failure while reading `url`. A failed transport (an HTTP error, a curl or
+    pipe exit status) is named as such; only past those checks does the exception itself speak (`is_corrupt`)."""
     proc = getattr(stream, "proc", None)
     if proc is not None:
         status = proc.poll()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
-from fvlm_cli.errors import DataError
+from fvlm_cli.errors import CorruptShard, DataError
 
 FORMAT = "fvlm-shards/1"
 KINDS = ("caption", "sft", "text", "dpo", "mcq")
@@ -385,10 +385,13 @@ def stream_shard(url: str, access: Any = None, *, start: int = 0, expected: Opti
             raise
         except Exception as e:
             reason, transient = remote.describe_failure(src, e, stream)
+            corrupt = remote.is_corrupt(e) and not reason.startswith(remote.TRANSPORT_FAILURES)
+            if corrupt and not remote.is_remote(src):
+                transient = False  # a local (or cached) file reads the same bytes again: no retry
             attempt += 1
             if not transient or attempt > access.retries:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
-                raise DataError(f"shard {url}: {reason}{tries}") from None
+                raise (CorruptShard if corrupt else DataError)(f"shard {url}: {reason}{tries}") from None
             delay = access.backoff * 2 ** (attempt - 1)
             log.warning("shard %s: %s; retry %d/%d in %.1f s (from sample %d)", url, reason, attempt, access.retries,
                         delay, next_ordinal)
