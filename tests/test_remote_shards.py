@@ -296,3 +296,31 @@ def test_a_corrupt_shard_is_skipped_not_fatal_and_skipped_again_on_resume(tmp_pa
     again = build_train_loader(cfg, tok, stage=2, epochs=1)
     again.load_state_dict(state)
     assert head + [i for b in again for i in b["ids"]] == ids
+
+
+def test_resume_refuses_changed_data_but_not_moved_data(tmp_path, tok):
+    """A saved position is only valid for the same shards and shuffle: a changed seed or an added shard is a
+    one-line error naming what changed; the same shards in another folder resume exactly."""
+    import shutil
+
+    from fvlm_cli.errors import TrainingError
+
+    d = tmp_path / "set"
+    write_shards(d, make_samples(n_video=8, size=S), per_shard=2)
+    loader = build_train_loader(_cfg(d, batch_size=2), tok, stage=2, epochs=1)
+    it = iter(loader)
+    head = next(it)["ids"]
+    state = loader.state_dict()
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(d, moved)
+    again = build_train_loader(_cfg(moved, batch_size=2), tok, stage=2, epochs=1)
+    again.load_state_dict(state)
+    whole = [i for b in build_train_loader(_cfg(d, batch_size=2), tok, stage=2, epochs=1) for i in b["ids"]]
+    assert head + [i for b in again for i in b["ids"]] == whole
+    with pytest.raises(TrainingError, match=r"the data changed since this checkpoint \(seed\)"):
+        build_train_loader(_cfg(d, batch_size=2, seed=1), tok, stage=2, epochs=1).load_state_dict(state)
+    write_shards(tmp_path / "more", make_samples(n_video=2, size=S, start=50, prefix="m"), per_shard=2, manifest=False)
+    shutil.copy(next((tmp_path / "more").glob("*.tar")), d / "shard-000009.tar")
+    (d / "manifest.json").unlink()
+    with pytest.raises(TrainingError, match=r"shards of train0.*train.init_from"):
+        build_train_loader(_cfg(d, batch_size=2), tok, stage=2, epochs=1).load_state_dict(state)

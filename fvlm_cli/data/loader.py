@@ -387,9 +387,23 @@ class TrainLoader:
         """The data position after the batches delivered so far (JSON-serialisable; one per rank)."""
         return {"format": STATE_FORMAT, "batches": self._delivered, "num_workers": self.num_workers,
                 "rank": self.dataset.rank, "world_size": self.dataset.world,
-                "sets": [s.name for s in self.dataset.sets], "plans": self.dataset.plans,
+                "sets": [s.name for s in self.dataset.sets], "data": self._fingerprint(), "plans": self.dataset.plans,
                 "roles": {str(r): s for r, s in sorted(self._roles.items())},
                 "dataloader": self._dl.state_dict() if self._dl is not None else self._dl_state}
+
+    def _fingerprint(self) -> dict:
+        """What a saved position is only valid for: the shuffle settings and each set's shards (file names and
+        manifest counts; moving the data elsewhere keeps them)."""
+        import hashlib
+
+        o = self.dataset.opts
+
+        def shards(s) -> str:
+            rows = sorted((u.rstrip("/").rsplit("/", 1)[-1], s.counts.get(u)) for u in s.shards)
+            return f"{len(rows)}:" + hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+        return {"seed": o.seed, "shuffle": o.shuffle, "shuffle_buffer": o.block,
+                **{f"shards of {s.name}": shards(s) for s in self.dataset.sets}}
 
     def load_state_dict(self, state: dict | list) -> None:
         """Continue after `state` (call before iterating).
@@ -406,6 +420,14 @@ class TrainLoader:
         if states[0].get("sets") != names:
             raise TrainingError(f"data loader state was saved with shard sets {states[0].get('sets')}, this run has "
                                 f"{names}: resume with the same data.train / data.text lists")
+        saved = states[0].get("data")
+        if saved is not None and saved != self._fingerprint():  # older states carry none: not checked
+            now = self._fingerprint()
+            what = [k for k in now if saved.get(k) != now[k]]
+            raise TrainingError(
+                f"the data changed since this checkpoint ({', '.join(what)}): its position would land on other "
+                f"samples. Resume with the same shards, data.seed and data.shuffle_buffer, or continue on the new "
+                f"data as a new run (--set train.init_from=<this run dir> --out <new dir>)")
         exact = (len(states) == self.dataset.world and states[0].get("world_size") == self.dataset.world
                  and states[0].get("num_workers") == self.num_workers
                  and all("dataloader" in s for s in states))  # saved before StatefulDataLoader: map elastically
