@@ -16,7 +16,8 @@ once): the commit transport (preupload, LFS/Xet) is the client's business, not t
 
 `FileServer(root, faults={"shard-000001.tar": ["503"], "shard-000002.tar": ["cut"]})` serves the files under
 `root`; each listed fault is used once, in order ("503", "cut" = half the body then the connection closes,
-"503-always", "404-always"); `requests[name]` counts what was asked for.
+"503-always", "404-always", "403-always" = forbidden, as an object store answers for a missing key to a caller
+who may not list the bucket); `requests[name]` counts what was asked for (the path, without a query string).
 """
 
 from __future__ import annotations
@@ -207,6 +208,8 @@ class FileServer:
                 status, body = 200, b""
                 if fault in ("503", "503-always"):
                     status, body = 503, b"busy"
+                elif fault == "403-always":
+                    status, body = 403, b"forbidden"
                 elif fault == "404-always" or not file.is_file():
                     status, body = 404, b"not found"
                 else:

@@ -324,3 +324,26 @@ def test_resume_refuses_changed_data_but_not_moved_data(tmp_path, tok):
     (d / "manifest.json").unlink()
     with pytest.raises(TrainingError, match=r"shards of train0.*train.init_from"):
         build_train_loader(_cfg(d, batch_size=2), tok, stage=2, epochs=1).load_state_dict(state)
+
+
+def test_url_forms_people_use(shard_set, tok, tmp_path, caplog):
+    """A signed https URL (its query is no glob, and never printed), an object store that answers 403 for the
+    missing manifest of a brace pattern, s3:// named with the command to use, hf:// globs that stay in their
+    folder, and the Hub's special refs as a revision."""
+    from fvlm_cli.data import remote
+
+    d, samples = shard_set
+    signed = "?sv=2024&sig=SECRETSIG"
+    with FileServer(d, faults={"manifest.json": ["403-always"], "shard-000009.tar": ["404-always"]}) as srv:
+        ids = _epoch_ids(_cfg(_pattern(srv.url) + signed), tok)
+        assert Counter(ids) == Counter(s["id"] for s in samples)  # no manifest (403): the shards still read
+        with pytest.raises(DataError) as err:
+            list(build_eval_loader(f"{srv.url}/shard-000009.tar{signed}", tok, _cfg(retries=0), stage=2))
+        assert "HTTP 404" in str(err.value) and "SECRETSIG" not in str(err.value)
+    assert "SECRETSIG" not in caplog.text
+    with pytest.raises(DataError, match=r"^s3:// shard sets are read through .*pipe:aws s3 cp s3://b/x-"):
+        resolve_shards("s3://b/x-{000000..000003}.tar")
+    assert remote._glob_match("train/shard-0.tar", "train/*.tar") and not remote._glob_match("train/val/a.tar", "train/*.tar")
+    assert not remote._glob_match("val/a.tar", "*.tar") and remote._glob_match("a.tar", "*.tar")
+    assert remote.hf_parts("hf://datasets/o/n@refs/pr/3/shards/a.tar") == ("o/n", "refs/pr/3", "shards/a.tar")
+    assert remote.hf_http_url("hf://datasets/o/n@refs/pr/3/a.tar").endswith("/resolve/refs%2Fpr%2F3/a.tar")

@@ -31,7 +31,8 @@ from fvlm_cli.errors import DataError
 
 MANIFEST = "manifest.json"
 REMOTE_SCHEMES = ("http://", "https://", "hf://", "pipe:")
-_HF = re.compile(r"^hf://datasets/([^/@]+/[^/@]+)(?:@([^/]+))?(?:/(.*))?$")
+# a revision is a branch, tag or commit, or one of the Hub's special refs (refs/pr/N, refs/convert/parquet)
+_HF = re.compile(r"^hf://datasets/([^/@]+/[^/@]+)(?:@(refs/(?:pr|convert)/[^/]+|[^/]+))?(?:/(.*))?$")
 # curl exit codes worth a retry (connect failure, partial file, timeout, send/recv failure, HTTP/2 stream)
 _CURL_TRANSIENT = {5, 6, 7, 16, 18, 28, 35, 52, 55, 56, 92}
 _CURL_TEXT = {7: "could not connect", 18: "connection closed mid-transfer", 28: "timed out",
@@ -225,7 +226,7 @@ def with_retries(url: str, access: ShardAccess, what: str, fn):
             attempt += 1
             if not transient or attempt > access.retries:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
-                raise DataError(f"{what} {url}: {reason}{tries}") from None
+                raise DataError(f"{what} {shown(url)}: {reason}{tries}") from None
             time.sleep(access.backoff * 2 ** (attempt - 1))
 
 
@@ -288,30 +289,42 @@ def cached(url: str, access: ShardAccess, sha256: Optional[str] = None) -> Optio
 
 # ---------------------------------------------------------------- resolving a shard set
 
-def _manifest_next_to(base: str, access: ShardAccess) -> Optional[dict]:
-    """manifest.json in the remote folder `base` (a URL ending without '/'), or None when there is none."""
-    url = f"{base}/{MANIFEST}"
+def shown(url: str) -> str:
+    """`url` for messages and logs: a query string (a signed URL's token) is never printed."""
+    return url.split("?", 1)[0] + ("?…" if "?" in url and not url.startswith("pipe:") else "")
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    """Glob by path segment: `*` does not cross '/' (`*.tar` is the folder's tars, not a sub-folder's too)."""
+    a, b = path.split("/"), pattern.split("/")
+    return len(a) == len(b) and all(fnmatch.fnmatchcase(x, y) for x, y in zip(a, b))
+
+
+def _manifest_next_to(base: str, access: ShardAccess, query: str = "") -> Optional[dict]:
+    """manifest.json in the remote folder `base` (a URL ending without '/'), or None when there is none. An object
+    store answers 403, not 404, for a missing key when the caller may not list the bucket: also none."""
+    url = f"{base}/{MANIFEST}{query}"
     try:
         data = read_bytes(url, ShardAccess(retries=min(access.retries, 2), backoff=access.backoff,
                                            timeout=access.timeout))
     except DataError as e:
-        if "HTTP 404" in str(e) or "no such file" in str(e) or "HTTP error" in str(e):
+        if any(t in str(e) for t in ("HTTP 404", "HTTP 403", "no such file", "HTTP error")):
             return None
         raise
     try:
         manifest = json.loads(data)
     except ValueError:
-        raise DataError(f"{url}: unreadable manifest") from None
+        raise DataError(f"{shown(url)}: unreadable manifest") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise DataError(f"{url}: not an fvlm shard manifest")
+        raise DataError(f"{shown(url)}: not an fvlm shard manifest")
     return manifest
 
 
-def _apply_manifest(ref: ShardSetRef, manifest: Optional[dict], base: str) -> None:
+def _apply_manifest(ref: ShardSetRef, manifest: Optional[dict], base: str, query: str = "") -> None:
     if not manifest:
         return
     for entry in manifest["shards"]:
-        url = f"{base}/{entry.get('path') or entry['name']}"
+        url = f"{base}/{entry.get('path') or entry['name']}{query}"
         if "samples" in entry:
             ref.counts[url] = int(entry["samples"])
         if entry.get("sha256"):
@@ -326,14 +339,19 @@ def resolve_remote(spec: str, access: ShardAccess) -> ShardSetRef:
     is_hf = spec.startswith("hf://")
     if is_hf:
         hf_parts(spec)  # validates the form
+    query = ""
+    if not is_hf and "?" in spec:  # an http(s) query (a signed URL's token, ?download=true) is not a glob
+        spec, query = spec.split("?", 1)
+        query = "?" + query
     last = spec.rstrip("/").rsplit("/", 1)[-1]
     if not re.search(r"\.tar(\.gz)?$|[*?\[{]", last):  # a folder: its manifest lists the shards
         base = spec.rstrip("/")
-        manifest = _manifest_next_to(base, access)
+        manifest = _manifest_next_to(base, access, query)
         if manifest is None:
-            raise DataError(f"{spec}: no {MANIFEST} there; give a shard pattern such as {base}/shard-{{000000..000009}}.tar")
-        ref = ShardSetRef(spec, sorted(f"{base}/{e.get('path') or e['name']}" for e in manifest["shards"]))
-        _apply_manifest(ref, manifest, base)
+            raise DataError(f"{shown(spec)}: no {MANIFEST} there; give a shard pattern such as "
+                            f"{shown(base)}/shard-{{000000..000009}}.tar")
+        ref = ShardSetRef(spec, sorted(f"{base}/{e.get('path') or e['name']}{query}" for e in manifest["shards"]))
+        _apply_manifest(ref, manifest, base, query)
         return ref
     if not is_hf and re.search(r"[*?\[]", spec):
         raise DataError(f"{spec}: an http(s) server cannot be globbed; use a brace pattern "
@@ -343,14 +361,14 @@ def resolve_remote(spec: str, access: ShardAccess) -> ShardSetRef:
         if is_hf and re.search(r"[*?\[]", pattern):
             repo, rev, path = hf_parts(pattern)
             prefix = f"hf://datasets/{repo}{'@' + rev if rev != 'main' else ''}/"
-            urls += [prefix + f for f in _hf_list(pattern) if fnmatch.fnmatchcase(f, path)]
+            urls += [prefix + f for f in _hf_list(pattern) if _glob_match(f, path)]
         else:
-            urls.append(pattern)
+            urls.append(pattern + query)
     urls = sorted(set(urls))
     if not urls:
         raise DataError(f"no shards match {spec!r}")
-    ref = ShardSetRef(spec, urls)
-    folders = sorted({u.rsplit("/", 1)[0] for u in urls})
+    ref = ShardSetRef(spec + query, urls)
+    folders = sorted({u.removesuffix(query).rsplit("/", 1)[0] for u in urls})
     if len(folders) == 1:
-        _apply_manifest(ref, _manifest_next_to(folders[0], access), folders[0])
+        _apply_manifest(ref, _manifest_next_to(folders[0], access, query), folders[0], query)
     return ref

@@ -391,10 +391,10 @@ def stream_shard(url: str, access: Any = None, *, start: int = 0, expected: Opti
             attempt += 1
             if not transient or attempt > access.retries:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
-                raise (CorruptShard if corrupt else DataError)(f"shard {url}: {reason}{tries}") from None
+                raise (CorruptShard if corrupt else DataError)(f"shard {remote.shown(url)}: {reason}{tries}") from None
             delay = access.backoff * 2 ** (attempt - 1)
-            log.warning("shard %s: %s; retry %d/%d in %.1f s (from sample %d)", url, reason, attempt, access.retries,
-                        delay, next_ordinal)
+            log.warning("shard %s: %s; retry %d/%d in %.1f s (from sample %d)", remote.shown(url), reason, attempt,
+                        access.retries, delay, next_ordinal)
             time.sleep(delay)
         finally:
             remote.close_quietly(stream)
@@ -411,6 +411,11 @@ def resolve_shards(spec: str | Path, access: Any = None):
     spec = str(spec)
     if remote.is_remote(spec):
         return remote.resolve_remote(spec, access or remote.ShardAccess())
+    if re.match(r"^(s3|gs|gcs|az|abfs)://", spec):
+        scheme = spec.split(":", 1)[0]
+        raise DataError(f"{scheme}:// shard sets are read through their command line tool or an https URL: "
+                        f"pipe:{'aws s3 cp' if scheme == 's3' else 'gcloud storage cat' if scheme in ('gs', 'gcs') else 'azcopy copy'} "
+                        f"{spec} -  (see the README's table of shard locations)")
     path = Path(spec).expanduser()
     ref = remote.ShardSetRef(spec, [])
     if path.is_dir():
