@@ -182,13 +182,19 @@ class FakeHfApi:
     """Records what fvlm asks of huggingface_hub.HfApi."""
 
     calls: list = []
+    existing: dict = {}  # repo_id -> private, for repos that exist before the test's create_repo
 
     def __init__(self, endpoint=None, token=None, **kw):
         FakeHfApi.calls.append(("init", {"endpoint": endpoint, "token": token}))
 
     def create_repo(self, repo_id, **kw):
         FakeHfApi.calls.append(("create_repo", {"repo_id": repo_id, **kw}))
+        FakeHfApi.existing.setdefault(repo_id, bool(kw.get("private")))  # exist_ok: an existing repo is unchanged
         return f"{os.environ['HF_ENDPOINT']}/{repo_id}"
+
+    def repo_info(self, repo_id, repo_type=None):
+        FakeHfApi.calls.append(("repo_info", {"repo_id": repo_id, "repo_type": repo_type}))
+        return type("RepoInfo", (), {"private": FakeHfApi.existing[repo_id]})()
 
     def upload_folder(self, **kw):
         FakeHfApi.calls.append(("upload_folder", kw))
@@ -201,7 +207,7 @@ class FakeHfApi:
 def hub_env(monkeypatch):
     import huggingface_hub
 
-    FakeHfApi.calls = []
+    FakeHfApi.calls, FakeHfApi.existing = [], {}
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # no login cache of the test machine
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
@@ -239,16 +245,38 @@ def test_upload_call_sequence(runs, hub_env, capsys, tmp_path):
     assert code == 0, stderr
     assert stdout.strip() == "https://hub.test/me/fvlm-tiny/commit/abc123"
     kinds = [c[0] for c in FakeHfApi.calls]
-    assert kinds == ["init", "create_repo", "upload_folder", "files"]
+    assert kinds == ["init", "create_repo", "repo_info", "upload_folder", "files"]
     assert FakeHfApi.calls[0][1] == {"endpoint": "http://127.0.0.1:9", "token": TOKEN}
     assert FakeHfApi.calls[1][1] == {"repo_id": "me/fvlm-tiny", "private": True, "exist_ok": True, "repo_type": "model"}
-    up = FakeHfApi.calls[2][1]
+    up = FakeHfApi.calls[3][1]
     assert (up["repo_id"], up["repo_type"], up["commit_message"]) == ("me/fvlm-tiny", "model", "first release")
+    assert up["delete_patterns"] == ["configs/*", "results.json"]  # an earlier export's leftovers go, a LICENSE stays
     assert Path(up["folder_path"]) == out
-    assert {"README.md", "config.json", "model.safetensors", "configs", "results.json"} <= set(FakeHfApi.calls[3][1])
+    assert {"README.md", "config.json", "model.safetensors", "configs", "results.json"} <= set(FakeHfApi.calls[4][1])
     assert len(list((out / "configs").iterdir())) == 3
     assert _front_matter(out / "README.md")[0]["license"] == "mit"
     _no_token_anywhere(out, stdout, stderr)
+
+
+def test_visibility_follows_the_owner_unless_asked_and_an_existing_repo_is_not_silently_public(exported, hub_env):
+    """No flag: private=None, so a new repo gets its owner's default (an organisation may default to private).
+    --private on a repo that already exists public is refused before anything is uploaded."""
+    rel.push_folder(exported.folder, "org/new")
+    assert FakeHfApi.calls[1] == ("create_repo", {"repo_id": "org/new", "private": None, "exist_ok": True,
+                                                  "repo_type": "model"})
+    assert "repo_info" not in [c[0] for c in FakeHfApi.calls]
+    FakeHfApi.calls, FakeHfApi.existing = [], {"me/old": False}
+    with pytest.raises(FvlmError, match="me/old already exists and is public; --private does not change"):
+        rel.push_folder(exported.folder, "me/old", private=True)
+    assert "upload_folder" not in [c[0] for c in FakeHfApi.calls]
+
+
+def test_a_licence_the_hub_does_not_know_is_refused_before_the_export(runs, hub_env, capsys, tmp_path):
+    out = tmp_path / "export"
+    code, _, stderr = run_cli(hub_env, capsys, "upload", runs["dpo"], "--repo-id", "me/x", "--out", out,
+                              "--license", "Apache 2.0", "--dry-run")
+    assert code == 2 and "did you mean apache-2.0" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_missing_token_exits_2_before_anything(runs, hub_env, capsys, tmp_path):
@@ -366,3 +394,17 @@ def test_cli_dry_run_subprocess(runs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "dry run" in r.stderr and str(out) in r.stderr and r.stdout.strip() == str(out)
     assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_secret_looking_values_are_redacted_from_the_exported_text():
+    """Run configs are copied for reproducibility, but a data path may be a signed URL or a pipe: command with a
+    header: their credentials never reach the Hub (the paths themselves stay)."""
+    text = ("train: [{path: 'https://acct.blob.core.windows.net/c/s-{000000..000001}.tar?sv=2024&sig=ABCSECRET'},\n"
+            "  {path: \"pipe:curl -s -H 'Authorization: Bearer XYZSECRET' https://x/y.tar\"},\n"
+            "  {path: 'https://x/z.tar?download=true'}]\n"
+            "aws_secret_access_key: QQSECRET\nkey_id: AKIAABCDEFGHIJKLMNOP\nother: hf_" + "a" * 34 + "\n")
+    clean, n = rel.redact_secrets(text)
+    assert n == 5 and not any(s in clean for s in ("ABCSECRET", "XYZSECRET", "QQSECRET", "AKIAABCD", "hf_aaa"))
+    assert "https://acct.blob.core.windows.net/c/s-{000000..000001}.tar?<redacted>" in clean
+    assert "https://x/z.tar?download=true" in clean and "pipe:curl -s -H 'Authorization: <redacted>'" in clean
+    assert rel.redact_secrets("lr: 1.0e-3\npath: data/webvid\n") == ("lr: 1.0e-3\npath: data/webvid\n", 0)

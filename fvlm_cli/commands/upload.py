@@ -13,7 +13,8 @@ from fvlm_cli.commands._common import JsonOpt
 def upload(
     source: Path = typer.Argument(..., help="Run dir (its best, else latest checkpoint), checkpoint or model folder."),
     repo_id: str = typer.Option(..., "--repo-id", help="Hub model repo, owner/name (created if missing)."),
-    private: bool = typer.Option(False, "--private", help="Create the repo private."),
+    private: Optional[bool] = typer.Option(None, "--private/--public", help="Visibility of a new repo (default: "
+                                           "its owner's default); an existing repo that differs is refused."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Export and validate only; nothing is uploaded."),
     out: Optional[Path] = typer.Option(None, "--out", help="Export folder (default: RUN/export, else ./export-<repo name>)."),
     commit_message: Optional[str] = typer.Option(None, "--commit-message", help="Hub commit message."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -13,7 +14,8 @@ def upload_shards(
     folder: Path = typer.Argument(..., help="Shard directory written by `fvlm precompute` (with manifest.json)."),
     repo_id: str = typer.Option(..., "--repo-id", help="Hub dataset repo, owner/name (created if missing)."),
     path_in_repo: str = typer.Option("", "--path-in-repo", help="Folder inside the repo (default: its root)."),
-    private: bool = typer.Option(False, "--private", help="Create the repo private."),
+    private: Optional[bool] = typer.Option(None, "--private/--public", help="Visibility of a new repo (default: "
+                                           "its owner's default); an existing repo that differs is refused."),
     per_commit: int = typer.Option(8, "--per-commit", help="Shards per Hub commit (a rerun resumes after the last one)."),
     json_out: bool = JsonOpt,
 ) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from fvlm_cli.data.shards import FAILURES, MANIFEST, read_manifest, sha256_file
-from fvlm_cli.errors import DataError
+from fvlm_cli.errors import DataError, FvlmError
 
 
 def _one_line(e: Exception) -> str:
@@ -35,13 +35,13 @@ def _remote_files(api, repo_id: str, prefix: str) -> dict[str, tuple[int, Option
 
 
 def publish_shards(folder: str | Path, repo_id: str, *, token: Optional[str], path_in_repo: str = "",
-                   private: bool = False, per_commit: int = 8, log: Callable[[str], None] = lambda m: None,
+                   private: Optional[bool] = None, per_commit: int = 8, log: Callable[[str], None] = lambda m: None,
                    progress: bool = True) -> dict:
     """Upload the shards of `folder` and then its manifest; skip shards already there (see the module doc)."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     from fvlm_cli.progress import Progress
-    from fvlm_cli.release.upload import check_repo_id, hub_endpoint
+    from fvlm_cli.release.upload import check_repo_id, check_visibility, hub_endpoint
 
     check_repo_id(repo_id)
     folder = Path(folder)
@@ -62,8 +62,11 @@ def publish_shards(folder: str | Path, repo_id: str, *, token: Optional[str], pa
     join = (lambda p: f"{prefix}/{p}") if prefix else (lambda p: p)
     api = HfApi(endpoint=hub_endpoint(), token=token)
     try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)  # None: the owner's default
+        check_visibility(api, repo_id, "dataset", private)
         there = _remote_files(api, repo_id, prefix)
+    except FvlmError:
+        raise
     except Exception as e:
         raise DataError(f"{hub_endpoint()}: cannot reach the dataset repo {repo_id} ({_one_line(e)})") from None
 

@@ -50,14 +50,43 @@ def hub_ids(*names: Optional[str]) -> list[str]:
     return [n for n in names if n and HUB_ID.match(n)]
 
 
+# The licence identifiers the Hub accepts in a card (hub-docs, repositories-licenses.md); any other value makes the
+# upload fail at the Hub's metadata check, after the export, so it is refused before
+HUB_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5
+cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
+cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0
+cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0
+lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl
+openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license
+fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown other
+""".split())
+
+
+def check_license(value: str, where: str) -> str:
+    """`value` if the Hub accepts it as a card licence, else a one-line FvlmError naming the closest ids."""
+    import difflib
+
+    from fvlm_cli.errors import FvlmError
+
+    if value in HUB_LICENSES:
+        return value
+    guess = difflib.get_close_matches(value.lower().replace(" ", "-"), sorted(HUB_LICENSES), n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(guess)}?)" if guess else ""
+    raise FvlmError(f"licence {value!r} from {where} is not one of the Hub's licence ids{hint}; for another "
+                    f"licence use 'other' and add its text as LICENSE")
+
+
 def resolve_license(cli: Optional[str], stages: list[Stage], conf: dict) -> str:
-    """--license, else a `license` field of the newest run config (or config.json), else apache-2.0."""
+    """--license, else a `license` field of the newest run config (or config.json), else apache-2.0; checked
+    against the Hub's licence ids (FvlmError)."""
     if cli:
-        return cli
+        return check_license(cli, "--license")
     for st in reversed(stages):
         if isinstance(st.config.get("license"), str) and st.config["license"]:
-            return st.config["license"]
-    return conf.get("license") or DEFAULT_LICENSE
+            return check_license(st.config["license"], "the run config")
+    return check_license(conf.get("license") or DEFAULT_LICENSE, "config.json")
 
 
 def card_datasets(stages: list[Stage]) -> list[str]:
@@ -170,7 +199,7 @@ def _stage_row(i: int, st: Stage) -> str:
 
 
 def _shard_text(d: ShardInfo, data_cfg: dict) -> str:
-    name = f"[{d.hub_id}](https://huggingface.co/datasets/{d.hub_id})" if d.hub_id else (d.source or d.path.rstrip("/").split("/")[-1])
+    name = f"[{d.hub_id}](https://huggingface.co/datasets/{d.hub_id})" if d.hub_id else (d.source or d.path.split("?", 1)[0].rstrip("/").split("/")[-1])
     if d.text:
         return f"{name} (text, {_num(_float(data_cfg.get('text_fraction', 0)) * 100)}%)"
     return name + (f" ×{_num(d.weight)}" if d.weight != 1 else "")

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -316,7 +317,35 @@ def _assemble(tmp: Path, lm, chain, folder: Path, results_path: Optional[Path], 
         shutil.copyfile(results_path, tmp / "results.json")
     conf = json.loads((tmp / "config.json").read_text())
     build_card(conf, stages, results, repo_id=repo_id, license=license).save(tmp / "README.md")
+    texts = [*sorted((tmp / "configs").glob("*.yaml")), tmp / "README.md", tmp / "results.json"]
+    for f in (t for t in texts if t.is_file()):
+        clean, n = redact_secrets(f.read_text(encoding="utf-8"))
+        if n:
+            f.write_text(clean, encoding="utf-8")
+            print(f"{f.relative_to(tmp)}: redacted {n} secret-looking value(s) (a signed URL's query, an "
+                  f"Authorization header, a token or key); the paths stay", file=sys.stderr)
     return conf
+
+
+_SECRETS = [
+    # a URL whose query carries credentials (a pre-signed S3 / GCS / Azure SAS link, ?token=...)
+    (re.compile(r"(https?://[^\s'\"?]+)\?([^\s'\"]*(?:sig|signature|token|key|credential|secret|x-amz-|x-goog-)"
+                r"[^\s'\"]*)", re.I), r"\1?<redacted>"),
+    (re.compile(r"(Authorization:\s*)(?:Bearer\s+|Basic\s+|token\s+)?[^\s'\"]+", re.I), r"\1<redacted>"),
+    (re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"), "<redacted>"),                       # any Hugging Face token
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "<redacted>"),                   # an AWS access key id
+    (re.compile(r"((?:aws_secret_access_key|aws_session_token)\s*[=:]\s*)[^\s'\"]+", re.I), r"\1<redacted>"),
+]
+
+
+def redact_secrets(text: str) -> tuple[str, int]:
+    """`text` with credential-looking values replaced by `<redacted>` (the run configs keep the data paths, which
+    may be signed URLs or `pipe:` commands with headers); returns (text, how many)."""
+    total = 0
+    for pattern, repl in _SECRETS:
+        text, n = pattern.subn(repl, text)
+        total += n
+    return text, total
 
 
 def export_model(source: str | Path, repo_id: str, out: Optional[str | Path] = None, *, license: Optional[str] = None,
@@ -329,6 +358,10 @@ def export_model(source: str | Path, repo_id: str, out: Optional[str | Path] = N
     from fvlm_cli.model.build import find_folder, load_folder
 
     check_repo_id(repo_id)
+    if license:  # before any work: the Hub refuses a card whose licence it does not know
+        from fvlm_cli.release.modelcard import check_license
+
+        check_license(license, "--license")
     src = Path(source)
     if not src.exists():
         raise UploadError(f"not found: {src} (give a run dir, a checkpoint or a model folder)")
@@ -412,7 +445,22 @@ def _token_in_files(folder: Path, token: str) -> Optional[Path]:
     return None
 
 
-def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, commit_message: Optional[str] = None,
+STALE = ["configs/*", "results.json"]  # what every export rewrites: remote copies it lacks are deleted on upload
+
+
+def check_visibility(api, repo_id: str, repo_type: str, private: Optional[bool]) -> None:
+    """create_repo(exist_ok=True) leaves an existing repo's visibility as it is: --private (or --public) on one that
+    is not so is refused before anything is uploaded."""
+    if private is None:
+        return
+    is_private = bool(getattr(api.repo_info(repo_id, repo_type=repo_type), "private", False))
+    if is_private != private:
+        want, have = ("private", "public") if private else ("public", "private")
+        raise UploadError(f"{repo_id} already exists and is {have}; --{want} does not change an existing repo "
+                          f"(change it in the repo's settings, or leave the flag out)")
+
+
+def push_folder(folder: str | Path, repo_id: str, *, private: Optional[bool] = None, commit_message: Optional[str] = None,
                 token: Optional[str] = None, log: Optional[Callable[[str], None]] = None) -> str:
     """Create `repo_id` (exist_ok) and upload `folder` to it; returns the commit URL.
 
@@ -434,10 +482,14 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, comm
     api = HfApi(endpoint=endpoint, token=token, library_name="fvlm", library_version=__version__)
     try:
         _say(log, f"creating {repo_id} on {endpoint}")
+        # private=None: a new repo gets its owner's default visibility (an organisation may default to private)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        check_visibility(api, repo_id, "model", private)
         _say(log, f"uploading {folder}")
+        # files an earlier export made that this one does not (a shorter stage chain, no results) go in the same
+        # commit; files a user added on the Hub (a LICENSE, say) stay
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                                 commit_message=commit_message or "Upload fvlm model")
+                                 commit_message=commit_message or "Upload fvlm model", delete_patterns=STALE)
     except FvlmError:
         raise
     except Exception as e:  # httpx / requests / HfHubHTTPError / OSError: one line, never a traceback
