@@ -243,9 +243,13 @@ class ResultWriter:
                     with open(out, "ab") as f:
                         f.write(b"\n")
             self._f = open(out, "a", encoding="utf-8")
-            failures_path(out).unlink(missing_ok=True)
+        self._stale_failures = out is not None  # the last run's list goes once this run has a record to write
+        # (a run that dies before, loading the model say, leaves it as it was)
 
     def __call__(self, rec: dict) -> None:
+        if self._stale_failures:
+            failures_path(self.out).unlink(missing_ok=True)
+            self._stale_failures = False
         if "text" in rec and self._f is not None:
             self._f.write(json_line(rec))
             self._f.flush()
