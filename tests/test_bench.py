@@ -1,7 +1,9 @@
 """`fvlm bench` (SPEC §5): fast MCQ scoring equals the naive path, outputs and their structure, resume, POPE,
 captioning, val-loss, and the CLI's one-line errors."""
 
+import io
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -211,6 +213,13 @@ def test_resume_refuses_another_runs_out_dir(lm, mcq_dir, tmp_path):
     bench.run_bench(["synthetic"], lm, **kw)
     with pytest.raises(FvlmError, match="another run.*order"):
         bench.run_bench(["synthetic"], lm, order="question_first", **kw)
+    with pytest.raises(FvlmError, match="another run.*max_new_tokens 8 there vs 32 now"):
+        bench.run_bench(["synthetic"], lm, max_new_tokens=32, **kw)
+    other = tmp_path.parent / (tmp_path.name + "-rebuilt")
+    shutil.copytree(mcq_dir, other)
+    with pytest.raises(FvlmError, match="another run.*synthetic data"):
+        bench.run_bench(["synthetic"], lm, **{**kw, "data_paths": {"synthetic": str(other)}})
+    bench.run_bench(["synthetic"], lm, **kw)  # the same settings resume
 
 
 def test_letter_extraction_is_applied_to_generations(lm, mcq_dir, tmp_path, monkeypatch):
@@ -344,3 +353,34 @@ def test_bench_reads_a_shard_set_over_http_like_the_local_copy(lm, mcq_dir, tmp_
     rows = [[json.loads(line) for line in (tmp_path / d / "samples.jsonl").read_text().splitlines()]
             for d in ("local", "remote")]
     assert [(r["id"], r["mean_nll"]) for r in rows[0]] == [(r["id"], r["mean_nll"]) for r in rows[1]]
+
+
+def test_a_broken_frame_excludes_its_question_and_the_result_says_what_is_not_scored(lm, tmp_path):
+    """A JPEG that does not decode costs its question, recorded (samples.jsonl row "excluded", results.json
+    "excluded"), not the bench; inputs precompute failed on (failures.jsonl beside the shards) are counted too,
+    and results.md says both. A rerun resumes without tripping on it again."""
+    import tarfile
+
+    d = tmp_path / "mcq"
+    (path, *_) = write_shards(d, mcq_samples(4), per_shard=4)
+    with tarfile.open(path) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    broken = next(m.name.split(".")[0] for m, _ in members if m.name.endswith(".000.jpg"))
+    with tarfile.open(path, "w") as t:
+        for m, data in members:
+            if m.name.startswith(broken) and m.name.endswith(".jpg"):
+                data = b"not a jpeg"
+            m.size = len(data)
+            t.addfile(m, io.BytesIO(data))
+    (d / "failures.jsonl").write_text('{"input": "gone.mp4", "error": "no such file"}\n')
+    kw = dict(modes=["coarse_only"], methods=["loglik"], out_dir=tmp_path / "o", data_paths={"synthetic": str(d)},
+              progress=False)
+    res = bench.run_bench(["synthetic"], lm, **kw)["benchmarks"]["synthetic"]
+    assert res["questions"] == 3 and res["excluded"]["questions"] == 1 and res["precompute_failures"] == 1
+    assert res["coarse_only"]["loglik"]["total"] == 3
+    rows = [json.loads(x) for x in (tmp_path / "o" / "samples.jsonl").read_text().splitlines()]
+    assert sum("excluded" in r for r in rows) == 1 and len(rows) == 4
+    md = (tmp_path / "o" / "results.md").read_text()
+    assert "**Not scored:** 1 question(s) excluded" in md and "1 input(s) that precompute could not read" in md
+    again = bench.run_bench(["synthetic"], lm, **kw)["benchmarks"]["synthetic"]
+    assert again == res

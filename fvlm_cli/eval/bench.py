@@ -194,8 +194,15 @@ def run_bench(names: Sequence[str], lm, *, modes: Sequence[str] = MODES, methods
     paths = {n: resolve_data(n, data_paths) for n in names}  # every path checked before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run_id = {"model": lm.source, "order": order, "answer_format": answer_format, "protocol": protocol}
-    old = _previous(out, run_id)
+    from fvlm_cli import config as cfglib
+
+    # everything a stored row depends on: a resume in the same --out with any of it changed would mix settings
+    run_id = {"model": lm.source, "order": order, "answer_format": answer_format, "protocol": protocol,
+              "max_new_tokens": max_new_tokens, "caption_max_new_tokens": caption_max_new_tokens,
+              "val_loss_stage": val_loss_stage, "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
+              "media": cfglib.to_dict(lm.media)}
+    run_id = json.loads(json.dumps(run_id))  # as results.json will hold it (tuples become lists)
+    old = _previous(out, run_id, {n: str(p) for n, p in paths.items()})
     if config is None:
         config = {"benchmarks": names, "protocol": protocol, "modes": modes, "methods": methods, "limit": limit,
                   "out": str(out), "order": order, "data": {n: str(p) for n, p in paths.items()},
@@ -231,8 +238,9 @@ def run_bench(names: Sequence[str], lm, *, modes: Sequence[str] = MODES, methods
     return results if ranks.main else {}
 
 
-def _previous(out: Path, run_id: dict) -> dict:
-    """The results.json already in `out` (resume); FvlmError when it belongs to a differently set-up run."""
+def _previous(out: Path, run_id: dict, data: dict) -> dict:
+    """The results.json already in `out` (resume); FvlmError when it belongs to a differently set-up run (any
+    `run_id` field, or a benchmark's --data path, differs)."""
     old = {}
     if (out / "results.json").exists():
         try:
@@ -242,9 +250,15 @@ def _previous(out: Path, run_id: dict) -> dict:
         prev = dict(old.get("run") or {})
         if prev:
             prev.setdefault("protocol", "fvlm")  # results written before protocols existed
-            if prev != run_id:
-                diff = ", ".join(f"{k} {prev.get(k)!r} there vs {v!r} now" for k, v in run_id.items() if prev.get(k) != v)
-                raise FvlmError(f"{out} holds results of another run ({diff}); use a new --out or remove that directory")
+            for k, v in run_id.items():  # fields added later: results written before them are not refused
+                prev.setdefault(k, v)
+            diff = [f"{k} {prev.get(k)!r} there vs {v!r} now" for k, v in run_id.items() if prev.get(k) != v]
+            before = (old.get("config") or {}).get("data") or {}
+            diff += [f"{n} data {before[n]!r} there vs {p!r} now" for n, p in data.items()
+                     if n in before and before[n] != p]
+            if diff:
+                raise FvlmError(f"{out} holds results of another run ({'; '.join(diff)}); use a new --out or remove "
+                                f"that directory")
     return old
 
 

@@ -178,6 +178,19 @@ def _per_category(rows: list[dict]) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
+def exclusions_line(bench_results: dict) -> str:
+    """What a benchmark's n leaves out, in one line (and so why it can be below the published question count)."""
+    bits = []
+    if ex := bench_results.get("excluded"):
+        bits.append(f"{ex['questions']} question(s) excluded, their frames unreadable (e.g. {ex['examples'][0]})")
+    if un := bench_results.get("unreadable_samples"):
+        bits.append(f"{un['count']} unreadable sample(s) skipped in the shards")
+    if n := bench_results.get("precompute_failures"):
+        bits.append(f"{n} input(s) that precompute could not read, never in the shards (their failures.jsonl)")
+    return ("**Not scored:** " + "; ".join(bits) + ". Accuracies are over the questions scored, so compare them "
+            "with published numbers with that in mind.") if bits else ""
+
+
 def render_results_md(results: dict, *, per_category: bool = False) -> str:
     """The results.md text: a heading, then per benchmark a table of mode x method rows.
 
@@ -225,5 +238,7 @@ def render_results_md(results: dict, *, per_category: bool = False) -> str:
                 tables.append("\n".join(sources))
             if per_category and kind == "mcq" and (details := _per_category(kind_rows)):
                 tables.append(details)
+        if left_out := exclusions_line(bench_results):
+            tables.append(left_out)
         parts.append("\n\n".join(tables))
     return "\n".join(parts) + "\n"

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from fvlm_cli.errors import DataError
-from fvlm_cli.eval.schedule import Item, Ranks, SampleStore, count_samples, index_items, iter_todo
+from fvlm_cli.eval.schedule import (BrokenFrames, Item, Ranks, SampleStore, count_samples, index_items, iter_todo,
+                                    precompute_failures)
 
 
 @dataclass
@@ -98,7 +99,8 @@ def run_mcq(run: Run, name: str, path: Path) -> Optional[dict]:
     from fvlm_cli.eval.summary import facets, mcq_leaf
 
     lm, store = run.lm, run.store
-    items = index_items(path, "mcq", name)
+    unreadable: list[str] = []
+    items = index_items(path, "mcq", name, unreadable)
     if run.protocol == "lmms-eval" and name == "scienceqa":  # lmms-eval's scienceqa_img: questions with an image
         items = [it for it in items if int(it.record.get("frame_count") or 0) > 0]
         if not items:
@@ -109,6 +111,9 @@ def run_mcq(run: Run, name: str, path: Path) -> Optional[dict]:
     run.plan.append((name, [it.uid for it in items]))
     todo = run.start(name, items, run.methods)
     for chunk in iter_todo(path, todo, run.batch_size, lm.model.image_size):
+        chunk = _record_broken(run, name, chunk, run.methods)
+        if not chunk:
+            continue
         t0 = time.perf_counter()
         questions = [_question(it, frames, name) for it, frames in chunk]
         t_read = time.perf_counter() - t0
@@ -130,14 +135,51 @@ def run_mcq(run: Run, name: str, path: Path) -> Optional[dict]:
             run.bars.advance(f"{name} · {m}", pending[m])
     if not run.finish():
         return None
+    items, excluded = _split_excluded(store, name, items, run.modes[0], run.methods[0])
     chance = chance_accuracy([len(it.record["options"]) for it in items])
     policy = frame_policy(run.protocol, lm.media.image_frames)
     result: dict = {"data": str(path), "questions": len(items), "chance": chance, "protocol": run.protocol,
-                    "frame_policy": policy}
+                    "frame_policy": policy, **_exclusions(excluded, unreadable, path)}
     for m in run.modes:
         result[m] = {me: mcq_leaf(name, [store.get(name, m, me, it.uid) for it in items], protocol=run.protocol,
                                   method=me, frame_policy=policy, chance=chance) for me in run.methods}
     return result
+
+
+def _record_broken(run: Run, name: str, chunk: list, methods) -> list:
+    """Store an excluded row (every mode x method) for each question whose frames do not decode; the rest."""
+    good = []
+    for it, frames in chunk:
+        if isinstance(frames, BrokenFrames):
+            run.store.add([{"benchmark": name, "id": it.uid, "mode": m, "method": me, "excluded": frames.reason}
+                           for m in run.modes for me in methods])
+            for m in run.modes:
+                run.bars.advance(f"{name} · {m}", 1)
+        else:
+            good.append((it, frames))
+    return good
+
+
+def _split_excluded(store, name: str, items: list, mode: str, method: str) -> tuple[list, list]:
+    """(the scored items, [(item, reason)] for those recorded as excluded)."""
+    scored, excluded = [], []
+    for it in items:
+        row = store.get(name, mode, method, it.uid)
+        (excluded.append((it, row["excluded"])) if "excluded" in row else scored.append(it))
+    return scored, excluded
+
+
+def _exclusions(excluded: list, unreadable: list, path: Path) -> dict:
+    """What the result leaves out, said in results.json: questions whose frames did not decode, samples the shard
+    reader could not read, and the inputs `fvlm precompute` failed on (not in the shards at all)."""
+    out: dict = {}
+    if excluded:
+        out["excluded"] = {"questions": len(excluded), "examples": [f"{it.uid}: {why}" for it, why in excluded[:3]]}
+    if unreadable:
+        out["unreadable_samples"] = {"count": len(unreadable), "examples": unreadable[:3]}
+    if n := precompute_failures(path):
+        out["precompute_failures"] = n
+    return out
 
 
 def run_caption(run: Run, name: str, path: Path) -> Optional[dict]:
@@ -147,7 +189,8 @@ def run_caption(run: Run, name: str, path: Path) -> Optional[dict]:
 
     lm, store = run.lm, run.store
     model, tok = lm.model, lm.tokenizer
-    items = index_items(path, "caption", name)[: run.limit]
+    unreadable: list[str] = []
+    items = index_items(path, "caption", name, unreadable)[: run.limit]
     refs = {}
     for it in items:
         msgs = it.record.get("messages") or []
@@ -159,6 +202,9 @@ def run_caption(run: Run, name: str, path: Path) -> Optional[dict]:
     todo = run.start(name, items, ["generate"])
     stops = stop_ids(tok)
     for chunk in iter_todo(path, todo, run.batch_size, model.image_size):
+        chunk = _record_broken(run, name, chunk, ["generate"])
+        if not chunk:
+            continue
         t0 = time.perf_counter()
         pending = {m: sum(not store.done(name, m, "generate", it.uid) for it, _ in chunk) for m in run.modes}
         need = [m for m in run.modes if pending[m]]
@@ -183,7 +229,8 @@ def run_caption(run: Run, name: str, path: Path) -> Optional[dict]:
             run.bars.advance(f"{name} · {m}", pending[m])
     if not run.finish():
         return None
-    result: dict = {"data": str(path), "questions": len(items)}
+    items, excluded = _split_excluded(store, name, items, run.modes[0], "generate")
+    result: dict = {"data": str(path), "questions": len(items), **_exclusions(excluded, unreadable, path)}
     for m in run.modes:
         recs = [store.get(name, m, "generate", it.uid) for it in items]
         leaf = score_captions({it.uid: r["prediction"] for it, r in zip(items, recs)}, refs, meteor=run.meteor)

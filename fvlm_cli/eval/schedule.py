@@ -191,12 +191,13 @@ class Item:
     record: dict
 
 
-def index_items(path: Path, kind: str, bench: str) -> list[Item]:
-    """The samples of `kind` in the shards at `path`, in stored order, with unique ids (frames not kept)."""
+def index_items(path: Path, kind: str, bench: str, unreadable: Optional[list] = None) -> list[Item]:
+    """The samples of `kind` in the shards at `path`, in stored order, with unique ids (frames not kept).
+    `unreadable` collects a line per sample the shard reader had to skip (no or garbled json)."""
     from fvlm_cli.data.shards import iter_shard_samples
 
     out, seen, kinds = [], {}, {}
-    for s in iter_shard_samples(path, decode="bytes"):
+    for s in iter_shard_samples(path, decode="bytes", skipped=unreadable):
         rec = s["json"]
         k = rec.get("kind", "?")
         kinds[k] = kinds.get(k, 0) + 1
@@ -235,9 +236,29 @@ def decode_jpegs(jpegs: Sequence[bytes], image_size: int, where: str) -> np.ndar
     return np.stack(frames)
 
 
+@dataclass
+class BrokenFrames:
+    """In place of a sample's frames when they cannot be decoded: the runners record the question as excluded."""
+
+    reason: str
+
+
+def precompute_failures(path: Path) -> int:
+    """How many inputs `fvlm precompute` could not turn into samples for the shards at `path` (its failures.jsonl),
+    so a result can say that its questions are fewer than the benchmark's."""
+    from fvlm_cli.data.shards import FAILURES
+
+    f = Path(path) / FAILURES
+    if not f.is_file():
+        return 0
+    with open(f, encoding="utf-8", errors="replace") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def iter_todo(path: Path, todo: Sequence[Item], batch_size: int,
-              image_size: int) -> Iterator[list[tuple[Item, np.ndarray]]]:
-    """Batches of (item, frames [T, S, S, 3] uint8) for `todo` (a subsequence of `index_items`), in stored order."""
+              image_size: int) -> Iterator[list[tuple[Item, "np.ndarray | BrokenFrames"]]]:
+    """Batches of (item, frames [T, S, S, 3] uint8) for `todo` (a subsequence of `index_items`), in stored order;
+    `BrokenFrames` instead of frames for a sample whose frames do not decode."""
     from fvlm_cli.data.shards import iter_shard_samples
 
     if not todo:
@@ -249,7 +270,13 @@ def iter_todo(path: Path, todo: Sequence[Item], batch_size: int,
         it = wanted.get((s["__shard__"], s["__key__"]))
         if it is None:
             continue
-        chunk.append((it, decode_jpegs(s["frames"], image_size, f"{it.shard}: sample {it.key}")))
+        try:
+            frames = decode_jpegs(s["frames"], image_size, f"{it.shard}: sample {it.key}")
+        except DataError:  # frames of another size: the whole set is precomputed wrong, stop and say so
+            raise
+        except Exception as e:  # one broken frame: this question is excluded (recorded), never the bench's end
+            frames = BrokenFrames(f"unreadable frames ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        chunk.append((it, frames))
         left -= 1
         if len(chunk) >= max(1, batch_size):
             yield chunk
