@@ -336,3 +336,31 @@ def test_frame_folder_sampled_like_a_video(tmp_path):
     assert reds == sorted(reds)  # in time order
     capped = load_media(folder, fps=1.0, max_frames=4, image_size=32, kind="frames")
     assert len(capped.timestamps) == 4 and capped.timestamps[-1] > 8
+
+
+def test_a_truncated_video_is_an_error_not_copies_of_its_last_frame(tmp_path):
+    """A download cut short keeps a header that promises the whole duration: past the last decodable frame the
+    targets would all get that frame. That is a failure (MediaError), not a sample of repeated frames; a video whose
+    last frame just sits a moment before its end is still fine."""
+    import av
+
+    from fvlm_cli.data.media import MediaError, load_media
+
+    path = tmp_path / "long.mp4"
+    c = av.open(str(path), "w", container_options={"movflags": "+faststart"})  # the index first, as web videos are
+    s = c.add_stream("libx264", rate=10)
+    s.width = s.height = 64
+    s.pix_fmt = "yuv420p"
+    for i in range(200):  # 20 s of noise (so the file is big enough to cut in the middle of its frames)
+        frame = np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        for pk in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            c.mux(pk)
+    for pk in s.encode():
+        c.mux(pk)
+    c.close()
+    whole = load_media(str(path), fps=1.0, max_frames=32, image_size=32)
+    assert len(whole.frames) == 20 and whole.timestamps[-1] == pytest.approx(19.5, abs=0.11)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(MediaError, match=r"cut.mp4: its frames end at \d+\.\d s but it lasts 19\.\d s"):
+        load_media(str(cut), fps=1.0, max_frames=32, image_size=32)

@@ -50,7 +50,10 @@ def _open(src: Source) -> tuple[Any, str]:
     else:
         target = str(path) if path is not None else io.BytesIO(bytes(src))
     try:
-        container = av.open(target, mode="r", metadata_errors="ignore")
+        try:
+            container = av.open(target, mode="r", metadata_errors="ignore")
+        except TypeError:  # a PyAV that no longer takes the argument: its default
+            container = av.open(target, mode="r")
     except Exception as e:  # av.error.* and OSError: not a container FFmpeg recognises
         raise MediaError(f"{name}: not a readable video, unknown format or corrupt ({_one_line(e)})") from e
     return container, name
@@ -292,6 +295,9 @@ class _Video:
         return False
 
 
+_TRUNCATED_S = 2.0  # frames ending this long (or 10% of the video) before the header's duration: a damaged file
+
+
 def _pick(video: _Video, targets: list[float], image_size: int, strategy: str) -> tuple[list[np.ndarray], list[float]]:
     """For each target time the frame on screen then (last pts <= t), converted; decoding stops after the last.
 
@@ -363,6 +369,9 @@ def _pick(video: _Video, targets: list[float], image_size: int, strategy: str) -
         if frame is None:  # end of stream: the remaining targets show the last frame decoded
             if prev is None and not out:
                 break
+            if targets[-1] - pos > max(_TRUNCATED_S, 0.1 * targets[-1]):  # not a last frame held a moment longer
+                raise MediaError(f"{video.name}: its frames end at {pos:.1f} s but it lasts {targets[-1]:.1f} s by "
+                                 f"its header: truncated or damaged (the rest would be copies of the last frame)")
             fill, fill_t = (prev, prev_t) if prev is not None else (last_src, times[-1])
             while len(out) < n:
                 resolve(fill, fill_t)

@@ -158,8 +158,9 @@ def run_precompute(source_name: str, input: Optional[str], out_dir: str | os.Pat
         if complete:
             state.drop_stale(part_text, planned)
             state.finish(part)
-        else:  # interrupted: the stopped workers' half-written tars go now (a re-run would remove them anyway)
-            state.clean_temporaries(prefix)
+        # interrupted, or complete after a worker died mid-shard (the pool restarts it): the half-written tars of
+        # this part go now; every finished shard was renamed into place before its record was written
+        state.clean_temporaries(prefix)
         _write_outputs(state, source_name, input, options, n)
 
     samples = sum(r["samples"] for r in records)
