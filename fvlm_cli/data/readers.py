@@ -29,6 +29,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
+from fvlm_cli.data.remote import shown
 from fvlm_cli.data.shards import ShardSample, stream_shard
 from fvlm_cli.errors import CorruptShard, DataError, TrainingError
 
@@ -137,7 +138,7 @@ class SetReader:
                 fresh_epoch = c["shard"] == 0 and c["offset"] == 0
                 if self.epochs is None and fresh_epoch and not self._block and include is None and exclude is None:
                     raise DataError(  # would loop forever
-                        f"shard set {self.set.path or self.set.name} gives no samples to reader {self.me} of "
+                        f"shard set {shown(self.set.path) or self.set.name} gives no samples to reader {self.me} of "
                         f"{self.readers} ({len(self.set.shards)} shard(s) for {self.readers} readers = ranks x "
                         f"workers): write more samples or use fewer data.num_workers / ranks")
                 c.update(epoch=c["epoch"] + 1, shard=0, offset=0, index=0, pos=0)
@@ -236,7 +237,7 @@ def shard_counts(s: MixSet, access: Any) -> dict[str, int]:
     missing = [u for u in s.shards if u not in counts]
     if missing:
         log.warning("shard set %s: no manifest counts for %d shard(s); counting their samples once for the elastic "
-                    "resume", s.path or s.name, len(missing))
+                    "resume", shown(s.path) or s.name, len(missing))
         for url in missing:
             counts[url] = sum(1 for _ in stream_shard(url, access))
     return counts
@@ -278,6 +279,6 @@ def elastic_plan(s: MixSet, set_index: int, states: list[dict], *, seed: int, bl
                 exclude.setdefault(cursor["epoch"], {}).setdefault(u, set()).add(o)
     plan = {"epoch": E, "carry": _refs_to_json(carry),
             "exclude": {str(e): _refs_to_json(r) for e, r in sorted(exclude.items()) if r}}
-    summary = {"set": s.path or s.name, "epoch": E, "left": sum(len(o) for o in carry.values()),
+    summary = {"set": shown(s.path) or s.name, "epoch": E, "left": sum(len(o) for o in carry.values()),
                "ahead": sum(len(o) for r in exclude.values() for o in r.values())}
     return plan, summary
