@@ -102,3 +102,13 @@ def test_answer_letter_prefers_letters_then_text_then_article():
     # ... and the option text beats the article when they disagree.
     assert answer_letter("A green one.", opts) == "C"
     assert answer_letter("A thing.", opts) == "A"
+
+
+@pytest.mark.parametrize("text, want", [
+    ("The answer is not C, it is D", "D"), ("C is incorrect; D", "D"), ("It isn't (B). (A)", "A"),
+    ("Option C is not right, D is", "D"), ("Not B. C.", "C"),
+    ("It is C, not D", "C"),  # the first letter stands; the negated one after it is not a candidate anyway
+    ("The answer is B", "B"), ("I think D because", "D"),
+])
+def test_a_letter_the_answer_rules_out_is_not_its_choice(text, want):
+    assert extract_letter(text, 4) == want

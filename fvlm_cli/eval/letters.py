@@ -10,7 +10,9 @@
    first states its conclusion at the end.
 4. **standalone letter** — the first "(x)" or bare capital letter standing alone: "I think D because...".
    A bare "A" or "I" followed by a lower-case word ("A red circle...", "I think...") is read as an
-   English word, not an option, and skipped here.
+   English word, not an option, and skipped here. A letter the text rules out is skipped too: "not C",
+   "isn't (C)", "C is incorrect" ("The answer is not C, it is D" -> "D"); so is a cue-phrase letter followed
+   by "is not"/"is wrong" ("option C is not right, D is" -> "D").
 5. **article fallback** — only when nothing else matched: such an "A"/"I" word after all
    ("A red circle moves left." -> "A" with 4 options). `article_fallback=False` turns this off.
 
@@ -44,6 +46,8 @@ _STANDALONE = re.compile(
     r"[(\[]\s*(?P<bracketed>[A-Za-z])\s*[)\]]|(?<![A-Za-z0-9'’])(?P<bare>[A-Z])(?![A-Za-z0-9'’])"
 )
 _FOLLOWED_BY_WORD = re.compile(r"\s+[A-Za-z]")
+_NEGATED_BEFORE = re.compile(r"(?:\bnot|n['’]t|\bnever)\s+(?:(?:option|choice|letter)\s+)?[(\[]?\s*$", re.IGNORECASE)
+_NEGATED_AFTER = re.compile(r"\s*[)\]]?\s*(?:is|was)\s+(?:not\b|incorrect|wrong|false)", re.IGNORECASE)
 
 
 def letter(i: int) -> str:
@@ -72,6 +76,11 @@ def _word_like(text: str, m: re.Match, group: str = "bare") -> bool:
     return ch is not None and ch.upper() in "AI" and bool(_FOLLOWED_BY_WORD.match(text, m.end(group)))
 
 
+def _ruled_out(text: str, start: int, end: int) -> bool:
+    """The letter at text[start:end] (with its brackets) is negated: "not C", "isn't (C)", "C is incorrect"."""
+    return bool(_NEGATED_BEFORE.search(text, 0, start)) or bool(_NEGATED_AFTER.match(text, end))
+
+
 def _clean(text: str) -> str:
     return re.sub(r"[*_`]", "", text).strip()
 
@@ -92,12 +101,14 @@ def _strong_letter(text: str, n_options: int) -> str | None:
             # lower-case a/i before a word is the article ("answer is a red circle").
             if bare is not None and bare.islower() and _word_like(text, m):
                 continue
+            if _ruled_out(text, m.end(), m.end()):  # "option C is not right"
+                continue
             if hit := _valid(m.group("bracketed") or bare, n_options):
                 hits.append(hit)
         if hits:
             return hits[-1]
     for m in _STANDALONE.finditer(text):
-        if _word_like(text, m):
+        if _word_like(text, m) or _ruled_out(text, m.start(), m.end()):
             continue
         if hit := _valid(m.group("bracketed") or m.group("bare"), n_options):
             return hit
