@@ -420,9 +420,8 @@ class TrainLoader:
         if states[0].get("sets") != names:
             raise TrainingError(f"data loader state was saved with shard sets {states[0].get('sets')}, this run has "
                                 f"{names}: resume with the same data.train / data.text lists")
-        saved = states[0].get("data")
-        if saved is not None and saved != self._fingerprint():  # older states carry none: not checked
-            now = self._fingerprint()
+        saved, now = states[0].get("data"), self._fingerprint()
+        if saved is not None and saved != now:  # older states carry none: not checked
             what = [k for k in now if saved.get(k) != now[k]]
             raise TrainingError(
                 f"the data changed since this checkpoint ({', '.join(what)}): its position would land on other "

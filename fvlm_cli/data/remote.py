@@ -64,10 +64,6 @@ class TransientError(IOError):
     """A failure worth retrying (5xx, reset, truncated stream)."""
 
 
-# reasons `describe_failure` gives when the transport itself failed (the bytes were not what broke)
-TRANSPORT_FAILURES = ("HTTP ", "curl: ", "command exited")
-
-
 def is_corrupt(exc: BaseException) -> bool:
     """Whether a failure says the shard's bytes are bad (not the network): a broken tar or gzip, or data that ends
     before the manifest's count. A sha256 mismatch under data.verify is not: the user asked for the check, so it
@@ -160,9 +156,11 @@ def open_raw(url: str, access: ShardAccess) -> IO[bytes]:
     return gopen(url, "rb")  # local path, file:, pipe:
 
 
-def describe_failure(url: str, exc: BaseException, stream: Optional[IO[bytes]] = None) -> tuple[str, bool]:
-    """(one-line reason, transient?) for a failure while reading `url`. A failed transport (an HTTP error, a curl or
-    pipe exit status) is named as such; only past those checks does the exception itself speak (`is_corrupt`)."""
+def describe_failure(url: str, exc: BaseException,
+                     stream: Optional[IO[bytes]] = None) -> tuple[str, bool, bool]:
+    """(one-line reason, transient?, corrupt?) for a failure while reading `url`. A failed transport (an HTTP error,
+    a curl or pipe exit status) is named as such and is never corruption; only past those checks does the exception
+    itself speak: `is_corrupt` (the bytes are bad)."""
     proc = getattr(stream, "proc", None)
     if proc is not None:
         status = proc.poll()
@@ -181,20 +179,20 @@ def describe_failure(url: str, exc: BaseException, stream: Optional[IO[bytes]] =
         text = err.decode(errors="replace").strip().splitlines()
         detail = text[-1] if text else ""
         if url.startswith("pipe:") and status not in (None, 0, 141):
-            return f"command exited with status {status}{': ' + detail if detail else ''}", True
+            return f"command exited with status {status}{': ' + detail if detail else ''}", True, False
         if status == 22:
             code = re.search(r"error:? (\d{3})", detail)
             http = int(code.group(1)) if code else 0
-            return f"HTTP {http or 'error'}", http >= 500 or http in (408, 429) or http == 0
+            return f"HTTP {http or 'error'}", http >= 500 or http in (408, 429) or http == 0, False
         if status not in (None, 0, 141) and not url.startswith("pipe:"):
             return (f"curl: {_CURL_TEXT.get(status, f'exit {status}')}{' (' + detail + ')' if detail else ''}",
-                    status in _CURL_TRANSIENT)
+                    status in _CURL_TRANSIENT, False)
     if isinstance(exc, FileNotFoundError):
-        return f"no such file ({exc.filename or url})", False
+        return f"no such file ({exc.filename or url})", False, False
     if isinstance(exc, TransientError):
-        return str(exc), True
+        return str(exc), True, is_corrupt(exc)
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{type(exc).__name__}: {msg[:200]}", True
+    return f"{type(exc).__name__}: {msg[:200]}", True, is_corrupt(exc)
 
 
 def close_quietly(stream: Optional[IO[bytes]]) -> None:
@@ -222,7 +220,7 @@ def with_retries(url: str, access: ShardAccess, what: str, fn):
         except DataError:
             raise
         except Exception as e:
-            reason, transient = describe_failure(url, e, getattr(e, "stream", None))
+            reason, transient, _ = describe_failure(url, e, getattr(e, "stream", None))
             attempt += 1
             if not transient or attempt > access.retries:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""

@@ -384,8 +384,7 @@ def stream_shard(url: str, access: Any = None, *, start: int = 0, expected: Opti
         except DataError:
             raise
         except Exception as e:
-            reason, transient = remote.describe_failure(src, e, stream)
-            corrupt = remote.is_corrupt(e) and not reason.startswith(remote.TRANSPORT_FAILURES)
+            reason, transient, corrupt = remote.describe_failure(src, e, stream)
             if corrupt and not remote.is_remote(src):
                 transient = False  # a local (or cached) file reads the same bytes again: no retry
             attempt += 1

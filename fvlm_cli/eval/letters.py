@@ -76,9 +76,9 @@ def _word_like(text: str, m: re.Match, group: str = "bare") -> bool:
     return ch is not None and ch.upper() in "AI" and bool(_FOLLOWED_BY_WORD.match(text, m.end(group)))
 
 
-def _ruled_out(text: str, start: int, end: int) -> bool:
-    """The letter at text[start:end] (with its brackets) is negated: "not C", "isn't (C)", "C is incorrect"."""
-    return bool(_NEGATED_BEFORE.search(text, 0, start)) or bool(_NEGATED_AFTER.match(text, end))
+def _ruled_out(text: str, m: re.Match) -> bool:
+    """The letter `m` matched (with its brackets) is negated: "not C", "isn't (C)", "C is incorrect"."""
+    return bool(_NEGATED_BEFORE.search(text, 0, m.start())) or bool(_NEGATED_AFTER.match(text, m.end()))
 
 
 def _clean(text: str) -> str:
@@ -101,14 +101,14 @@ def _strong_letter(text: str, n_options: int) -> str | None:
             # lower-case a/i before a word is the article ("answer is a red circle").
             if bare is not None and bare.islower() and _word_like(text, m):
                 continue
-            if _ruled_out(text, m.end(), m.end()):  # "option C is not right"
+            if _NEGATED_AFTER.match(text, m.end()):  # "option C is not right" (a cue is never preceded by "not")
                 continue
             if hit := _valid(m.group("bracketed") or bare, n_options):
                 hits.append(hit)
         if hits:
             return hits[-1]
     for m in _STANDALONE.finditer(text):
-        if _word_like(text, m) or _ruled_out(text, m.start(), m.end()):
+        if _word_like(text, m) or _ruled_out(text, m):
             continue
         if hit := _valid(m.group("bracketed") or m.group("bare"), n_options):
             return hit

@@ -165,7 +165,10 @@ def _split_excluded(store, name: str, items: list, mode: str, method: str) -> tu
     scored, excluded = [], []
     for it in items:
         row = store.get(name, mode, method, it.uid)
-        (excluded.append((it, row["excluded"])) if "excluded" in row else scored.append(it))
+        if "excluded" in row:
+            excluded.append((it, row["excluded"]))
+        else:
+            scored.append(it)
     return scored, excluded
 
 

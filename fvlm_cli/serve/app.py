@@ -139,10 +139,8 @@ def create_app(lm, cfg, model_id: str) -> FastAPI:
                 text = lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 if text.endswith("\ufffd") or not text.startswith(sent):
                     continue  # half a UTF-8 character
-                text, stopped = protocol.cut_at_stop(text, req.stop)
-                if stopped:
-                    job.cancel.set()  # the engine ends this row at its next step
-                else:  # what could still turn out to begin a stop string waits for the next token
+                text, stopped = protocol.cut_at_stop(text, req.stop)  # the engine ends that row itself
+                if not stopped:  # what could still turn out to begin a stop string waits for the next token
                     text = text[: len(text) - protocol.stop_holdback(text, req.stop)]
                 if len(text) > len(sent):
                     yield piece(text[len(sent):])

@@ -4,8 +4,9 @@ Handlers (asyncio) decode media in worker threads, then `submit` a GenJob; the e
 to `batch_wait_s` for more jobs with the same decoding settings (mode, max_tokens, temperature, top_p, order,
 seed), runs them as one `generate_clips` batch, and resolves each job's future. Streaming jobs receive each new
 token id as it is made. A row stops early when its text reaches one of the job's stop strings or when its handler
-cancels it (a streaming client went away, or saw the stop string first), so the batch does not wait on it. A CallJob runs any function on this thread (the demo page's three-mode comparison), so
-the model is never run by two threads at once; `stats` counts batches and checks exactly that.
+cancels it (a streaming client went away), so the batch does not wait on it. A CallJob runs any function on this
+thread (the demo page's three-mode comparison), so the model is never run by two threads at once; `stats` counts
+batches and checks exactly that.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from fvlm_cli.serve.protocol import ApiError
+from fvlm_cli.serve.protocol import ApiError, cut_at_stop
 
 
 @dataclass
@@ -169,8 +170,7 @@ class Engine:
                     j.loop.call_soon_threadsafe(j.tokens.put_nowait, tokens[i])
                 if j.stop:
                     made[i].append(tokens[i])
-                    text = tok.decode(made[i], skip_special_tokens=True)
-                    if any(s in text for s in j.stop):
+                    if cut_at_stop(tok.decode(made[i], skip_special_tokens=True), j.stop)[1]:
                         cut.append(i)
                         continue
                 if j.cancel.is_set():
