@@ -115,8 +115,9 @@ def modes_of(args: ProfileArgs, target: str) -> list[str]:
 
 def apply_switches(model, sw: Switches, compile_all: bool = False, backend: str = "inductor") -> None:
     """Compile the query walk (`profile.compile=query`), or it and the DINO patch pass (`all`, or
-    train.compile=encoder, as the training loop does; train.compile=model is applied by `profile_train`). The reference variants the library's choices are measured against live in
-    benchmarks/reference_variants.py (benchmarks/profile_variant.py runs this profiler with one bound)."""
+    train.compile=encoder, as the training loop does; train.compile=model is applied by `profile_train`). The
+    reference variants the library's choices are measured against live in benchmarks/reference_variants.py
+    (benchmarks/profile_variant.py runs this profiler with one bound)."""
     if sw.compile == "all" or compile_all:
         from fvlm_cli.train.loop import compile_encoder
 
