@@ -47,7 +47,7 @@ app.command("profile")(profile.profile)
 
 def main() -> None:
     """Console entry point: user errors are one red line and exit 2; internal errors exit 1."""
-    from fvlm_cli.errors import FvlmError
+    from fvlm_cli.errors import FvlmError, storage_error
 
     debug = "--debug" in sys.argv or os.environ.get("FVLM_DEBUG") == "1"
     try:
@@ -77,6 +77,9 @@ def main() -> None:
         if hasattr(e, "format_message") and any(c.__name__ == "ClickException" for c in type(e).__mro__):
             _err(e.format_message())
             sys.exit(2)
+        if (full := storage_error(e)) is not None:  # disk full wherever it struck: one line, not "internal"
+            _err(str(full))
+            sys.exit(full.exit_code)
         if debug:
             raise
         _err(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")

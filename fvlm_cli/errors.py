@@ -1,5 +1,10 @@
 """Error types. Every user-facing mistake is an `FvlmError`: the CLI prints one red line and exits 2."""
 
+from __future__ import annotations
+
+import errno
+import os
+
 
 class FvlmError(Exception):
     """A user error: bad input, missing file, bad config. Exit status 2, no traceback."""
@@ -31,3 +36,27 @@ class CorruptShard(DataError):
 class TrainingError(FvlmError):
     """Training cannot continue (non-finite losses, bad resume state)."""
 
+
+
+class StorageError(FvlmError):
+    """This machine cannot store what the run writes (disk full, quota, read-only file system). The run stops and
+    keeps its finished work; the input being processed is not recorded as bad, since it is not its fault."""
+
+
+# errnos that say the machine, not the input, is at fault: no point going on, and no input should be blamed
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def storage_error(e: BaseException | None) -> StorageError | None:
+    """The `StorageError` that `e` (or an exception it was raised from) amounts to, or None."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, StorageError):
+            return e
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            where = f" writing {e.filename}" if e.filename else ""
+            return StorageError(f"{e.strerror or os.strerror(e.errno)}{where}: free space (or fix the mount) and "
+                                f"re-run the same command; finished work is kept")
+        e = e.__cause__ or e.__context__
+    return None

@@ -206,3 +206,32 @@ def test_stdout_is_one_line_per_input(tree, monkeypatch, capsys):
     r = CliRunner().invoke(app, ["caption", str(tree / "a.mp4"), "--model", "tiny", "--max-new-tokens", "2"])
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines() == [f"{tree / 'a.mp4'}\tA red circle moves."]
+
+
+def test_a_full_disk_stops_the_run_and_blames_no_input(tree, tmp_path, monkeypatch):
+    """ENOSPC while an input is read (a download or an archive member extracted to a full cache) is not that
+    input's error record: the run stops with the storage error and keeps the captions written before it."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    from fvlm_cli.cli import app
+    from fvlm_cli.errors import StorageError
+    from fvlm_cli.infer import captioner
+
+    real = captioner.load_clip
+
+    def load(path, *a, **kw):
+        if Path(path).name == "c.mp4":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/cache/c.mp4")
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(captioner, "load_clip", load)
+    out = tmp_path / "caps.jsonl"
+    r = CliRunner().invoke(app, ["caption", str(tree), "--model", "tiny", "--out", str(out), "--max-new-tokens", "2",
+                                 "--workers", "0", "--batch-size", "1"])
+    assert isinstance(r.exception, StorageError), r.output
+    assert "No space left on device writing /cache/c.mp4" in str(r.exception)
+    assert "c.mp4" not in {Path(x["input"]).name for x in rows(out)}
+    failed = tmp_path / "caps.failures.jsonl"
+    assert "c.mp4" not in {Path(x["input"]).name for x in (rows(failed) if failed.exists() else [])}

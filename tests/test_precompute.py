@@ -300,3 +300,49 @@ def test_kill_and_resume_matches_a_clean_run(media_dir, tmp_path, http_server):
     assert ids_in(out) == ids_in(clean)  # same samples, same order, none twice, none missing
     assert [s["sha256"] for s in shards.read_manifest(out)["shards"]] == \
         [s["sha256"] for s in shards.read_manifest(clean)["shards"]]
+
+
+# ---------------------------------------------------------------- a full disk is the machine's fault, not an input's
+
+
+def test_a_full_disk_stops_the_run_blames_no_input_and_resume_finishes(media_dir, tmp_path):
+    from fulldisk_source import FULL
+
+    out = tmp_path / "out"
+    here = str(Path(__file__).parent)
+    code = (f"import sys; sys.path.insert(0, {here!r}); from fvlm_cli.data.sources import SOURCES; "
+            "SOURCES['fulldisk'] = 'fulldisk_source'; from fvlm_cli.cli import main; main()")
+    args = [sys.executable, "-c", code, "precompute", "fulldisk", "--input", media_dir, "--out", out,
+            "--image-size", "32", "--shard-size", "3", "--workers", "1", "--json"]
+    full = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, FULL: "1"})
+    assert full.returncode == 2, full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert "No space left on device writing /cache/clip04.mp4" in last and "finished work is kept" in last
+    assert "Traceback" not in full.stderr and "internal error" not in full.stderr
+    records = [json.loads(p.read_text()) for p in (out / ".fvlm-state" / "shards").glob("*.json")]
+    assert [(r["samples"], r["failures"]) for r in records] == [(3, [])]  # the finished shard, nobody blamed
+    assert not (out / "failures.jsonl").exists() or not (out / "failures.jsonl").read_text().strip()
+
+    again = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert (summary["samples"], summary["failures"], summary["shards_resumed"]) == (6, 0, 1)
+    assert sorted(ids_in(out)) == [f"s{i}" for i in range(6)]
+
+
+def test_storage_error_is_found_through_the_exception_chain():
+    import errno
+
+    from fvlm_cli.errors import StorageError, storage_error
+
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded", "/data/x.tar")
+        except OSError as inner:
+            raise RuntimeError("av could not write") from inner
+    except RuntimeError as e:
+        found = storage_error(e)
+    assert isinstance(found, StorageError) and "Disk quota exceeded writing /data/x.tar" in str(found)
+    assert storage_error(OSError(errno.ENOENT, "No such file or directory", "x.mp4")) is None  # a bad input
+    assert storage_error(ValueError("bad")) is None

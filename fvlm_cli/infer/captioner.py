@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from fvlm_cli.errors import FvlmError
+from fvlm_cli.errors import FvlmError, storage_error
 from fvlm_cli.infer.core import clip_tensor, generate_clips, load_clip
 from fvlm_cli.infer.inputs import ShardUnit, done_key, shard_input
 
@@ -87,6 +87,8 @@ class DecodeStream(torch.utils.data.IterableDataset):
             try:
                 yield Decoded(unit.input, load_clip(unit.path, self.media_cfg, self.image_size), unit.prompt, unit.extra)
             except Exception as e:  # one unreadable file is that file's error record, never the run's
+                if (full := storage_error(e)) is not None:  # disk full: the machine's fault, not the file's
+                    raise full from None
                 _debug_trace()
                 yield Decoded(unit.input, prompt=unit.prompt, extra=unit.extra, error=_error_text(e, unit.path))
 

@@ -15,7 +15,7 @@ from fvlm_cli.data import shards as shard_format
 from fvlm_cli.data.download import fetch, is_url
 from fvlm_cli.data.precompute.plan import STATE_DIR, ShardTask, frames_of, input_label, media_label
 from fvlm_cli.data.sources.base import RawSample
-from fvlm_cli.errors import DataError, FvlmError
+from fvlm_cli.errors import DataError, FvlmError, storage_error
 
 _progress_queue = None
 
@@ -181,6 +181,8 @@ def write_shard(task: ShardTask) -> dict:
                 record, jpegs = _decode(raw, task, last)
                 writer.write_jpegs(shard_format.sample_key(index, raw.id), record, jpegs)
             except Exception as e:  # one bad input is recorded and skipped, never fatal
+                if (full := storage_error(e)) is not None:  # disk full: the machine's fault, not the input's
+                    raise full from None
                 reason = _one_line(e)
                 if raw.label and isinstance(raw.media, str):  # e.g. a cache extraction: name the archive member
                     reason = reason.replace(raw.media, raw.label)
