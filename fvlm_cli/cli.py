@@ -50,9 +50,13 @@ def main() -> None:
     from fvlm_cli.errors import FvlmError, storage_error
 
     debug = "--debug" in sys.argv or os.environ.get("FVLM_DEBUG") == "1"
+    _terminate_like_ctrl_c()
     try:
         rv = app(standalone_mode=False)
         if isinstance(rv, int) and rv:  # typer returns 130 for Ctrl-C instead of raising
+            if rv == 130 and _SIGNALLED:  # typer turned our Terminated into 130 too
+                _err("terminated")
+                sys.exit(143)
             if rv == 130:
                 _err("interrupted")
             sys.exit(rv)
@@ -61,6 +65,9 @@ def main() -> None:
             raise
         _err(str(e))
         sys.exit(e.exit_code)
+    except Terminated:
+        _err("terminated")
+        sys.exit(143)
     except KeyboardInterrupt:
         _err("interrupted")
         sys.exit(130)
@@ -84,6 +91,24 @@ def main() -> None:
             raise
         _err(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
         sys.exit(1)
+
+
+_SIGNALLED: list[int] = []  # SIGTERM received (typer reports any KeyboardInterrupt as exit 130)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, `kill`, `docker stop`): unwinds like Ctrl-C, so every command's cleanup runs
+    (precompute writes its manifest of the finished shards, caption flushes its records), then exit 143."""
+
+
+def _terminate_like_ctrl_c() -> None:
+    import signal
+
+    def raise_terminated(signum, frame):
+        _SIGNALLED.append(signum)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, raise_terminated)  # `fvlm serve`: uvicorn installs its own graceful handler
 
 
 def _err(msg: str) -> None:

@@ -346,3 +346,36 @@ def test_storage_error_is_found_through_the_exception_chain():
     assert isinstance(found, StorageError) and "Disk quota exceeded writing /data/x.tar" in str(found)
     assert storage_error(OSError(errno.ENOENT, "No such file or directory", "x.mp4")) is None  # a bad input
     assert storage_error(ValueError("bad")) is None
+
+
+def test_sigterm_writes_the_manifest_of_the_finished_shards_and_exits_143(media_dir, tmp_path, http_server):
+    """A scheduler's SIGTERM unwinds like Ctrl-C: the finished shards are listed in manifest.json (incomplete), no
+    temporary tar is left, the workers go, and the same command finishes the job."""
+    video = (media_dir / "clip00.mp4").read_bytes()
+    rows = ["videoid,contentUrl,duration,page_dir,name"]
+    for i in range(16):
+        http_server.files[f"/t/{i}.mp4"] = video
+        http_server.delay[f"/t/{i}.mp4"] = 0.15
+        rows.append(f"{2000 + i},{http_server.url}/t/{i}.mp4,PT00H00M03S,dir,caption number {i}")
+    (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "fvlm_cli", "precompute", "webvid", "--input", tmp_path / "meta.csv",
+            "--out", out, "--image-size", "32", "--shard-size", "2", "--workers", "1"]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(list(out.glob("*.tar"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].endswith("terminated") and "Traceback" not in err
+    manifest = shards.read_manifest(out)
+    assert not manifest["complete"] and 2 <= len(manifest["shards"]) < 8
+    assert sorted(s["name"] for s in manifest["shards"]) == sorted(p.name for p in out.glob("*.tar"))
+    assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".part"))]
+
+    http_server.delay.clear()
+    done = cli(*args[3:], "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["shards_resumed"] == len(manifest["shards"])
+    assert shards.read_manifest(out)["complete"] and len(ids_in(out)) == 16
