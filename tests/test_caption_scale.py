@@ -235,3 +235,54 @@ def test_a_full_disk_stops_the_run_and_blames_no_input(tree, tmp_path, monkeypat
     assert "c.mp4" not in {Path(x["input"]).name for x in rows(out)}
     failed = tmp_path / "caps.failures.jsonl"
     assert "c.mp4" not in {Path(x["input"]).name for x in (rows(failed) if failed.exists() else [])}
+
+
+needs_fork = pytest.mark.skipif(__import__("multiprocessing").get_start_method() != "fork",
+                                reason="the monkeypatched decoder reaches DataLoader workers only when they fork")
+
+
+def _caption_with_bad_decoder(tree, tmp_path, monkeypatch, bad, *flags):
+    from typer.testing import CliRunner
+
+    from fvlm_cli.cli import app
+    from fvlm_cli.infer import captioner
+
+    real = captioner.load_clip
+    calls = tmp_path / "calls"
+
+    def load(path, *a, **kw):
+        if Path(path).name == "c.mp4":
+            with open(calls, "a") as f:
+                f.write("c\n")
+            bad()
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(captioner, "load_clip", load)
+    out = tmp_path / "caps.jsonl"
+    r = CliRunner().invoke(app, ["caption", str(tree), "--model", "tiny", "--out", str(out), "--max-new-tokens", "2",
+                                 "--workers", "2", "--batch-size", "2", *flags])
+    return r, out, calls.read_text().count("c")
+
+
+@needs_fork
+def test_a_decoder_that_kills_its_worker_costs_only_that_input(tree, tmp_path, monkeypatch):
+    """A segfault in FFmpeg looks like this to the DataLoader: the worker process is gone."""
+    r, out, tries = _caption_with_bad_decoder(tree, tmp_path, monkeypatch, lambda: os._exit(11))
+    assert r.exit_code == 2, r.output
+    assert sorted(Path(x["input"]).name for x in rows(out)) == ["a.mp4", "b.png"]  # every other input captioned
+    fails = {Path(x["input"]).name: x["error"] for x in rows(tmp_path / "caps.failures.jsonl")}
+    assert set(fails) == {"broken.mp4", "c.mp4"} and fails["c.mp4"] == "its decoder process died on it (twice)"
+    assert tries == 2
+
+
+@needs_fork
+def test_a_decoder_that_hangs_is_timed_out_and_costs_only_that_input(tree, tmp_path, monkeypatch):
+    import time
+
+    r, out, tries = _caption_with_bad_decoder(tree, tmp_path, monkeypatch, lambda: time.sleep(600),
+                                              "--decode-timeout", "4")
+    assert r.exit_code == 2, r.output
+    assert sorted(Path(x["input"]).name for x in rows(out)) == ["a.mp4", "b.png"]
+    fails = {Path(x["input"]).name: x["error"] for x in rows(tmp_path / "caps.failures.jsonl")}
+    assert fails["c.mp4"] == "decoding took longer than --decode-timeout 4 s (twice)"
+    assert tries == 2

@@ -14,7 +14,8 @@ from fvlm_cli.infer.settings import CaptionConfig
 CAPTION_FLAGS = {"mode": "generate.mode", "prompt": "generate.prompt", "max_new_tokens": "generate.max_new_tokens",
                  "temperature": "generate.temperature", "top_p": "generate.top_p",
                  "repetition_penalty": "generate.repetition_penalty", "order": "generate.order", "seed": "generate.seed",
-                 "batch_size": "batch_size", "workers": "workers", "out": "out", "gpus": "gpus"}
+                 "batch_size": "batch_size", "workers": "workers", "decode_timeout": "decode_timeout", "out": "out",
+                 "gpus": "gpus"}
 
 EPILOG = ("Exit status: 0 when every input was captioned; 2 when any input failed (each failure is one line on "
           "stderr, a {\"input\", \"error\"} JSON line with --json, and a row of OUT.failures.jsonl with --out; every "
@@ -38,6 +39,7 @@ def caption(
     out: Optional[Path] = flag(CaptionConfig, "out", "--out", "-o"),
     batch_size: Optional[int] = flag(CaptionConfig, "batch_size", "--batch-size"),
     workers: Optional[int] = flag(CaptionConfig, "workers", "--workers"),
+    decode_timeout: Optional[float] = flag(CaptionConfig, "decode_timeout", "--decode-timeout"),
     gpus: Optional[int] = flag(CaptionConfig, "gpus", "--gpus"),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Progress (done/failed/rate/ETA) on stderr (default: with --out)."),
@@ -63,8 +65,8 @@ def caption(
         raise FvlmError(f"--mode {cfg.generate.mode!r}: use one of {', '.join(MODES)}")
     if cfg.generate.order not in (None, "video_first", "question_first"):
         raise FvlmError(f"--order {cfg.generate.order!r}: use video_first or question_first")
-    if cfg.gpus < 1 or cfg.batch_size < 1 or cfg.workers < 0:
-        raise FvlmError("--gpus and --batch-size must be at least 1, --workers at least 0")
+    if cfg.gpus < 1 or cfg.batch_size < 1 or cfg.workers < 0 or cfg.decode_timeout < 0:
+        raise FvlmError("--gpus and --batch-size must be at least 1, --workers and --decode-timeout at least 0")
 
     from rich.console import Console
     from rich.markup import escape

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing as mp
 import os
 import queue
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -40,6 +42,7 @@ class Decoded:
     extra: dict = field(default_factory=dict)
     error: Optional[str] = None
     skipped: Optional[str] = None
+    unit: int = -1          # index of its unit in the DecodeStream's list
 
 
 @dataclass
@@ -72,31 +75,44 @@ def _debug_trace() -> None:
 
 
 class DecodeStream(torch.utils.data.IterableDataset):
-    """Decoded inputs of `units` (every worker takes every n-th unit); done inputs are skipped."""
+    """Decoded inputs of `units` (worker w takes units w, w+n, ...); done inputs are skipped.
 
-    def __init__(self, units: list, done: frozenset, media_cfg, image_size: int):
-        self.units, self.done, self.media_cfg, self.image_size = units, done, media_cfg, image_size
+    slots: a shared array of two floats per worker, the unit it is decoding (-1: none) and since when, so the main
+    process can tell which input a worker died or hung on (the DataLoader only says that a worker failed)."""
+
+    def __init__(self, units: list, done: frozenset, media_cfg, image_size: int, slots=None):
+        self.units, self.done, self.media_cfg, self.image_size, self.slots = units, done, media_cfg, image_size, slots
+
+    def _mark(self, wid: int, k: int) -> None:
+        if self.slots is not None:
+            self.slots[2 * wid], self.slots[2 * wid + 1] = k, time.time()
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        for unit in self.units[wid::n]:
+        for k in range(wid, len(self.units), n):
+            unit = self.units[k]
             if isinstance(unit, ShardUnit):
-                yield from self._shard(unit)
+                yield from self._shard(unit, k, wid)
                 continue
+            self._mark(wid, k)
             try:
-                yield Decoded(unit.input, load_clip(unit.path, self.media_cfg, self.image_size), unit.prompt, unit.extra)
+                d = Decoded(unit.input, load_clip(unit.path, self.media_cfg, self.image_size), unit.prompt, unit.extra,
+                            unit=k)
             except Exception as e:  # one unreadable file is that file's error record, never the run's
                 if (full := storage_error(e)) is not None:  # disk full: the machine's fault, not the file's
                     raise full from None
                 _debug_trace()
-                yield Decoded(unit.input, prompt=unit.prompt, extra=unit.extra, error=_error_text(e, unit.path))
+                d = Decoded(unit.input, prompt=unit.prompt, extra=unit.extra, error=_error_text(e, unit.path), unit=k)
+            self._mark(wid, -1)
+            yield d
 
-    def _shard(self, unit: ShardUnit):
+    def _shard(self, unit: ShardUnit, k: int, wid: int):
         from PIL import Image
 
         from fvlm_cli.data.shards import iter_shard_samples
 
+        self._mark(wid, k)  # reading the next sample of the tar counts as decoding this unit
         try:
             for s in iter_shard_samples(unit.path, decode="bytes"):
                 name = shard_input(unit.path, s["__key__"])
@@ -105,16 +121,22 @@ class DecodeStream(torch.utils.data.IterableDataset):
                     continue
                 extra = {"id": rec["id"]} if rec.get("id") is not None else {}
                 if not s["frames"]:
-                    yield Decoded(name, extra=extra, skipped="text-only sample")
-                    continue
-                try:
-                    frames = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in s["frames"]])
-                    is_image = rec.get("media_type") == "image" or (rec.get("media_type") is None and len(frames) == 1)
-                    yield Decoded(name, clip_tensor(frames, self.media_cfg, self.image_size, is_image), extra=extra)
-                except Exception as e:
-                    yield Decoded(name, extra=extra, error=f"cannot decode its frames ({_error_text(e)})")
+                    d = Decoded(name, extra=extra, skipped="text-only sample", unit=k)
+                else:
+                    try:
+                        frames = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in s["frames"]])
+                        is_image = rec.get("media_type") == "image" or (rec.get("media_type") is None and len(frames) == 1)
+                        d = Decoded(name, clip_tensor(frames, self.media_cfg, self.image_size, is_image), extra=extra,
+                                    unit=k)
+                    except Exception as e:
+                        d = Decoded(name, extra=extra, error=f"cannot decode its frames ({_error_text(e)})", unit=k)
+                self._mark(wid, -1)
+                yield d
+                self._mark(wid, k)
         except Exception as e:  # a corrupt or truncated tar: the rest of it is lost, other shards go on
-            yield Decoded(unit.path, error=f"cannot read shard ({_error_text(e)})")
+            self._mark(wid, -1)
+            yield Decoded(unit.path, error=f"cannot read shard ({_error_text(e)})", unit=k)
+        self._mark(wid, -1)
 
 
 def _identity(x):
@@ -144,18 +166,50 @@ def _records(lm, batch: list[Decoded], g) -> list[dict]:
     return rows
 
 
+MAX_LOADER_RESTARTS = 20  # decoder crashes or hangs in one run before it stops (finished captions are kept)
+
+
+def _loader_failure(e: BaseException) -> Optional[str]:
+    """'died' or 'hung' when `e` is the DataLoader saying a worker process failed; None for anything else."""
+    text = str(e)
+    if "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text):
+        return "died"
+    if "DataLoader timed out" in text:
+        return "hung"
+    return None
+
+
+def _culprits(it, slots, failure: str, timeout: float) -> list[int]:
+    """The units (positions in the stream's list) the failed workers were on: a dead worker's unit, or a unit
+    decoded for `timeout` seconds or more; every busy worker's unit when that cannot be told."""
+    busy = {w: int(slots[2 * w]) for w in range(len(slots) // 2) if slots[2 * w] >= 0}
+    if failure == "died":
+        procs = getattr(it, "_workers", None) or []  # DataLoader's worker processes, in worker-id order
+        hit = [busy[w] for w, p in enumerate(procs) if p.exitcode is not None and w in busy]
+    else:
+        now = time.time()
+        hit = [k for w, k in busy.items() if now - slots[2 * w + 1] >= timeout * 0.9]
+    return hit or list(busy.values())
+
+
 def caption_units(lm, units: list, cfg, emit: Callable[[dict], None], done: frozenset = frozenset()) -> Summary:
     """Caption every input of `units` not in `done` on one device; `emit` gets one record per input, in input
-    order for files: {"input", "text", ...}, {"input", "error"} or {"input", "skipped"}."""
+    order for files: {"input", "text", ...}, {"input", "error"} or {"input", "skipped"}.
+
+    A decoder that crashes its worker process (a segfault, an OOM kill) or takes longer than `cfg.decode_timeout`
+    on one input costs only that input: the DataLoader starts again on the inputs not yet delivered, and an input a
+    worker failed on twice becomes an error record."""
     summary = Summary()
     t_start = time.perf_counter()
     if not units:
         return summary
     workers = max(0, int(cfg.workers))
-    loader = torch.utils.data.DataLoader(DecodeStream(units, done, lm.media, lm.model.image_size), batch_size=None,
-                                         num_workers=workers, prefetch_factor=max(1, cfg.prefetch) if workers else None,
-                                         collate_fn=_identity)
+    timeout = float(cfg.decode_timeout or 0) if workers else 0.0
     pending: list[Decoded] = []
+    seen = set(done)         # done keys, plus every shard sample emitted by this run (a restart skips them)
+    left = list(range(len(units)))  # indices into `units` not yet fully delivered
+    suspects: Counter = Counter()
+    restarts = 0
 
     def flush():
         ok = [d for d in pending if d.clip is not None]
@@ -174,21 +228,60 @@ def caption_units(lm, units: list, cfg, emit: Callable[[dict], None], done: froz
                 summary.failed += 1
             elif "text" in rec:
                 summary.captioned += 1
+            seen.add(done_key(d.input, d.extra.get("id")))
             emit(rec)
         pending.clear()
 
-    it = iter(loader)
-    while True:
-        t0 = time.perf_counter()
+    while left:
+        stream_units = [units[i] for i in left]
+        slots = mp.RawArray("d", [-1.0, 0.0] * workers) if workers else None
+        loader = torch.utils.data.DataLoader(
+            DecodeStream(stream_units, frozenset(seen), lm.media, lm.model.image_size, slots), batch_size=None,
+            num_workers=workers, prefetch_factor=max(1, cfg.prefetch) if workers else None, collate_fn=_identity,
+            timeout=timeout)
+        delivered: set[int] = set()  # file units whose record arrived
+        it = iter(loader)
         try:
-            d = next(it)
-        except StopIteration:
-            break
-        summary.wait_s += time.perf_counter() - t0
-        pending.append(d)
-        if sum(x.clip is not None for x in pending) >= max(1, cfg.batch_size):
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    d = next(it)
+                except StopIteration:
+                    break
+                summary.wait_s += time.perf_counter() - t0
+                pending.append(d)
+                if not isinstance(stream_units[d.unit], ShardUnit):
+                    delivered.add(d.unit)
+                if sum(x.clip is not None for x in pending) >= max(1, cfg.batch_size):
+                    flush()
+        except RuntimeError as e:
+            failure = _loader_failure(e)
+            if failure is None or slots is None:
+                raise
+            culprits = _culprits(it, slots, failure, timeout)
+            del it  # shuts the other workers down (a hung one is terminated)
             flush()
-    flush()
+            restarts += 1
+            if restarts > MAX_LOADER_RESTARTS:
+                raise FvlmError(f"decoder processes failed {restarts} times; stopping (finished captions are kept)") from None
+            for pos in culprits:
+                suspects[left[pos]] += 1
+            lost = {pos for pos in culprits if suspects[left[pos]] >= 2}
+            for pos in sorted(lost):
+                what = ("its decoder process died on it" if failure == "died"
+                        else f"decoding took longer than --decode-timeout {timeout:g} s")
+                unit = stream_units[pos]
+                if isinstance(unit, ShardUnit):
+                    what += "; the rest of the shard is skipped"
+                    name, extra = unit.path, {}
+                else:
+                    name, extra = unit.input, dict(unit.extra)
+                summary.failed += 1
+                emit({"input": name, **extra, "error": f"{what} (twice)"})
+            left = [i for pos, i in enumerate(left) if pos not in delivered and pos not in lost]
+            continue
+        flush()
+        left = []
     summary.wall_s = time.perf_counter() - t_start
     return summary
 

@@ -26,6 +26,8 @@ class CaptionConfig:
     batch_size: int = field(8, help="inputs generated together")
     workers: int = field(2, help="background decoding processes per device (0 = decode in the main process)")
     prefetch: int = field(4, help="decoded inputs each worker keeps ready")
+    decode_timeout: float = field(300.0, help="seconds a worker may spend on one input (a shard: one sample) before it "
+                                  "counts as hung and is restarted; twice on the same input makes it an error; 0 = no limit")
     out: Optional[str] = field(None, help="JSONL file results are appended to; a re-run skips inputs already in it")
     gpus: int = field(1, help="split the inputs across N devices (one process each; with --device cpu: N CPU processes)")
 
