@@ -19,6 +19,9 @@ can learn from the synthetic videos, and what a trained model's visual tokens ca
         The tiny recipe's stage 1 and stage 2 in memory (frames as the speedrun samples them, no codec, no text mix),
         then the synthetic multiple choice in coarse_fine: which recipe choice lets the LLM learn what the tokens carry.
         Each call adds its rows to the results file.
+        --frame PX --shape-scale K [--lanes A,B,C]: the same on a variant of the synthetic task (frames of PX pixels,
+        shapes K times larger, lanes across the motion at these fractions of the frame) and a tiny DINO of that
+        image size: is the ceiling the task's object scale (shapes smaller than one 16-px patch)?
 
 Every figure is test accuracy on held-out videos (the bench split), chance 1/3 for shape and 1/4 for direction.
 """
@@ -273,8 +276,45 @@ def token_stats(model, vs: list) -> dict:
             float(model.embed_text(torch.arange(3, model.llm.config.vocab_size)).norm(dim=-1).mean())}
 
 
+def use_task_variant(frame: int, shape_scale: float, lanes: tuple[float, ...] = (0.2, 0.5, 0.8)) -> None:
+    """Replace `synthetic.make_video` (here, not in the library) by the same generator with frames of `frame` px,
+    shapes `shape_scale` times larger and lanes at `lanes`; the rest (colours, paths, travel) as shipped."""
+    import numpy as np
+
+    S = synthetic
+
+    def make_video(index: int, seed: int = 0, *, seconds: int = 8, fps: int = 4, size: int = 64):
+        size = frame
+        rng = np.random.default_rng([seed, index])
+        color, shape = S.COLORS[rng.integers(len(S.COLORS))], S.SHAPES[rng.integers(len(S.SHAPES))]
+        direction, count = S.DIRECTIONS[rng.integers(len(S.DIRECTIONS))], int(S.COUNTS[rng.integers(len(S.COUNTS))])
+        background = np.full(3, rng.integers(25, 95), dtype=np.uint8)
+        n = seconds * fps
+        r = size * rng.uniform(0.075, 0.095) * shape_scale
+        travel = size * rng.uniform(0.3, 0.45)
+        margin = 1.3 * r + 1
+        sx, sy = S._STEP[direction]
+        objects = []
+        for lane in rng.permutation(3)[:count]:
+            across = size * lanes[lane] + rng.uniform(-0.02, 0.02) * size
+            along0 = rng.uniform(margin, size - margin - travel)
+            objects.append((across, size - along0 if (sx, sy) in ((-1, 0), (0, -1)) else along0))
+        frames = np.empty((n, size, size, 3), np.uint8)
+        rgb = np.array(S.COLOR_RGB[color], np.uint8)
+        for i in range(n):
+            frames[i] = background
+            for across, along0 in objects:
+                along = along0 + travel * i / (n - 1) * (sx + sy)
+                cx, cy = (along, across) if sx else (across, along)
+                frames[i][S._shape_mask(shape, cx, cy, r, size)] = rgb
+        return S.SyntheticVideo(id=f"var{seed}-{index:06d}", frames=frames, fps=float(fps), color=color, shape=shape,
+                                direction=direction, count=count, index=index, seed=seed)
+
+    synthetic.make_video = make_video
+
+
 def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: str, steps: int, seed: int,
-               n_videos: int = 400, batch: int = 16, eval_videos: int = 200) -> dict:
+               n_videos: int = 400, batch: int = 16, eval_videos: int = 200, frame: int = 64) -> dict:
     """Stage 1 (captions) then stage 2 (sft + mcq + captions, answer-only loss) of the tiny preset in memory, on the
     8 frames per video the speedrun samples (1 fps of 8 s at 4 fps), no codec and no text mix; then the synthetic
     multiple choice on held-out videos, scored by log-likelihood of the option letter as `bench` scores it.
@@ -288,8 +328,9 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
     torch.manual_seed(seed)
     tok = load_tokenizer("tiny")
     system, pad_id = ChatConfig().system_prompt, special_ids(tok)[1]  # the speedrun's system prompt; pad = <|im_end|>
-    model = build_model(preset("tiny"), pretrained=False).train()
-    train_v, bench_v = videos("train", n_videos, 64), videos("bench", eval_videos, 64)
+    model = build_model(preset("tiny", [f"image_size={frame}", f"dino_config.image_size={frame}"]),
+                        pretrained=False).train()
+    train_v, bench_v = videos("train", n_videos, frame), videos("bench", eval_videos, frame)
     frames = [frames_to_tensor(v.frames[SAMPLED]) for v in train_v]
     bench_frames = [frames_to_tensor(v.frames[SAMPLED]) for v in bench_v]
     s1, s2 = [], []
@@ -341,7 +382,7 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
     run(stage1, s1, {"connector": s1_connector_lr, "dino": 3e-4, "llm": 3e-4})
     after_stage1 = token_stats(model, bench_v[:64])
     run(steps, s2, {"connector": 1e-3, "dino": 3e-4, "llm": 1e-3})
-    row = {"tokens": "oracle" if oracle else "tiny DINO + query", "stage1_steps": stage1,
+    row = {"tokens": "oracle" if oracle else "tiny DINO + query", "frame": frame, "stage1_steps": stage1,
            "stage1_connector_lr": s1_connector_lr, "stage1_targets": s1_targets, "stage2_steps": steps, "seed": seed,
            "tokens_after_stage1": after_stage1, "accuracy": evaluate(), "seconds": time.perf_counter() - t0}
     print(json.dumps(row), flush=True)
@@ -349,8 +390,12 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
 
 
 def cmd_recipe(args) -> dict:
-    rows = [recipe_run(args.oracle, args.stage1, args.s1_connector_lr, args.s1_targets, args.steps, seed)
-            for seed in args.seeds]
+    if args.shape_scale != 1.0 or args.frame != 64:
+        use_task_variant(args.frame, args.shape_scale, tuple(float(x) for x in args.lanes.split(",")))
+    rows = [recipe_run(args.oracle, args.stage1, args.s1_connector_lr, args.s1_targets, args.steps, seed,
+                       frame=args.frame) for seed in args.seeds]
+    for row in rows:
+        row["task"] = {"frame": args.frame, "shape_scale": args.shape_scale, "lanes": args.lanes}
     return {"what": "in-memory stage 1 + stage 2 of the tiny preset, held-out synthetic MCQ (coarse_fine)", "rows": rows}
 
 
@@ -404,6 +449,9 @@ def main() -> None:
     r.add_argument("--s1-targets", choices=("all", "answer"), default="all")
     r.add_argument("--steps", type=int, default=1200)
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
+    r.add_argument("--frame", type=int, default=64, help="task variant: frame size in pixels (the tiny DINO's too)")
+    r.add_argument("--shape-scale", type=float, default=1.0, help="task variant: shapes this much larger")
+    r.add_argument("--lanes", default="0.2,0.5,0.8", help="task variant: lanes across the motion (fractions)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

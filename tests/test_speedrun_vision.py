@@ -62,3 +62,15 @@ def test_shared_fraction_tells_a_shared_prefix_from_varied_tokens():
     prefix = torch.randn(1, 32, generator=g) * 10 + 0.1 * varied
     assert shared_fraction(prefix) > 0.99
     assert shared_fraction(torch.ones(5, 3)) == pytest.approx(1.0)
+
+
+def test_task_variant_scales_the_frame_and_the_shapes(monkeypatch):
+    monkeypatch.setattr(synthetic, "make_video", synthetic.make_video)  # restored after the test
+    shipped = synthetic.make_video(3)
+    sv.use_task_variant(96, 2.0)
+    big = synthetic.make_video(3)
+    assert big.frames.shape == (32, 96, 96, 3)
+    assert (big.color, big.shape, big.direction, big.count) == (shipped.color, shipped.shape, shipped.direction,
+                                                                shipped.count)
+    area = lambda v: (v.frames[0] != v.frames[0, 0, 0]).any(-1).sum() / v.count
+    assert 2.5 < (area(big) / 96 ** 2) / (area(shipped) / 64 ** 2) < 5.5  # ~4x the area, relative to the frame
