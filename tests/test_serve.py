@@ -253,13 +253,26 @@ def test_a_cancelled_row_stops_while_its_batch_goes_on():
     loop = asyncio.new_event_loop()
     clip = torch.rand(3, 3, 64, 64)
     key = ("coarse_fine", 10, 0.0, 1.0, None, None)
-    gone, stays = GenJob(clip, [{"role": "user", "content": "Hi"}], key, loop), GenJob(clip, [{"role": "user", "content": "Hi"}], key, loop)
-    gone.cancel.set()
-    Engine(lm)._generate([gone, stays])
+    hi = [{"role": "user", "content": "Hi"}]
+
+    class LeavesOnceStarted(threading.Event):  # the client goes away after the batch has started
+        calls = 0
+
+        def is_set(self):
+            self.calls += 1
+            return self.calls > 1
+
+    gone, stays = GenJob(clip, hi, key, loop, cancel=LeavesOnceStarted()), GenJob(clip, hi, key, loop)
+    left_before = GenJob(clip, hi, key, loop)
+    left_before.cancel.set()  # gone while it waited in the queue: never generated
+    engine = Engine(lm)
+    engine._generate([left_before, gone, stays])
     loop.run_until_complete(asyncio.sleep(0))  # the futures are resolved through the loop
-    alone = generate_clips(lm, [clip], [[{"role": "user", "content": "Hi"}]], mode="coarse_fine", max_new_tokens=10)
+    alone = generate_clips(lm, [clip], [hi], mode="coarse_fine", max_new_tokens=10)
     assert len(gone.future.result().token_ids) == 1
     assert stays.future.result().token_ids == alone[0].token_ids
+    assert left_before.future.cancelled()
+    assert engine.stats.cancelled == 2 and engine.stats.requests == 2
     loop.close()
 
 
@@ -325,3 +338,21 @@ def test_cors_only_for_the_origins_given():
         assert "access-control-allow-origin" not in c.get("/v1/models", headers={"Origin": "http://evil.example"}).headers
     with TestClient(serve_app.create_app(_LM(), ServeConfig(), "tiny")) as c:
         assert "access-control-allow-origin" not in c.get("/v1/models", headers={"Origin": "http://ui.example:3000"}).headers
+
+
+def test_a_non_streaming_client_that_leaves_is_not_generated_for(server, media):
+    """The server notices the disconnect while the request waits for its batch (--batch-wait-ms 400) and drops
+    it; the next request is answered as usual."""
+    import time
+
+    before = httpx.get(server.url + "/health").json()
+    body = {"messages": media_message(data_uri(media["photo"], "image/png"), kind="image_url"), "max_tokens": 32}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.15))
+    deadline = time.time() + 30
+    while (now := httpx.get(server.url + "/health").json())["cancelled"] == before["cancelled"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert now["cancelled"] == before["cancelled"] + 1
+    r = httpx.post(server.url + "/v1/chat/completions", json={**body, "max_tokens": 2}, timeout=120)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+    assert httpx.get(server.url + "/health").json()["cancelled"] == now["cancelled"]

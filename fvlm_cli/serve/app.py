@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fvlm_cli.serve import protocol
@@ -92,7 +92,8 @@ def create_app(lm, cfg, model_id: str) -> FastAPI:
     async def health():
         s = engine.stats
         return {"status": "ok", "model": model_id, "queued": engine.pending(), "requests": s.requests,
-                "batches": s.batches, "largest_batch": s.largest_batch, "most_running_at_once": s.most_running,
+                "batches": s.batches, "largest_batch": s.largest_batch, "cancelled": s.cancelled,
+                "most_running_at_once": s.most_running,
                 "busy_s": round(s.busy_s, 3), "uptime_s": round(time.time() - s.started, 1)}
 
     @app.get("/v1/models")
@@ -115,9 +116,27 @@ def create_app(lm, cfg, model_id: str) -> FastAPI:
         engine.submit(job)
         cid, name = protocol.completion_id(), req.model or model_id
         if not req.stream:
-            return protocol.completion(cid, name, await job.future, req)
+            gen = await _unless_gone(request, job)
+            return Response(status_code=499) if gen is None else protocol.completion(cid, name, gen, req)
         return StreamingResponse(_sse(job, cid, name, req), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _unless_gone(request: Request, job: GenJob):
+        """The job's generation, or None when the client disconnects first: the engine then drops the job, or ends
+        its row at the next step (a streaming response notices the same through its generator's `finally`)."""
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":  # the body is read: next is the disconnect
+                pass
+
+        watch = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({job.future, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if job.future.done() and not job.future.cancelled():
+            return job.future.result()
+        job.cancel.set()
+        return None
 
     async def _sse(job: GenJob, cid: str, name: str, req):
         created = int(time.time())

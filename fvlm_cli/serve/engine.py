@@ -55,6 +55,7 @@ class Stats:
     requests: int = 0
     batches: int = 0
     largest_batch: int = 0
+    cancelled: int = 0              # rows dropped or ended early because their client went away
     running: int = 0
     most_running: int = 0           # must stay 1: the model never runs twice at once
     busy_s: float = 0.0
@@ -156,6 +157,18 @@ class Engine:
     def _generate(self, batch: list[GenJob]) -> None:
         from fvlm_cli.infer.core import generate_clips
 
+        left = [j.cancel.is_set() for j in batch]  # the client left while the job waited: do not run it
+        gone = [j for j, g in zip(batch, left) if g]
+        if gone:
+            with self._lock:
+                self.stats.cancelled += len(gone)
+            for j in gone:
+                j.loop.call_soon_threadsafe(j.future.cancel)
+                if j.tokens is not None:
+                    j.loop.call_soon_threadsafe(j.tokens.put_nowait, None)
+            batch = [j for j, g in zip(batch, left) if not g]
+            if not batch:
+                return
         mode, max_tokens, temperature, top_p, order, seed = batch[0].key
         streams = [(i, j) for i, j in enumerate(batch) if j.tokens is not None]
         made: list[list[int]] = [[] for _ in batch]  # for the stop strings
@@ -175,6 +188,8 @@ class Engine:
                         continue
                 if j.cancel.is_set():
                     cut.append(i)
+                    with self._lock:
+                        self.stats.cancelled += 1
             return cut
 
         try:
