@@ -262,6 +262,22 @@ def test_worker_crash_is_recorded_and_the_run_goes_on(media_dir, tmp_path, monke
     assert failure["id"] == "s2" and "worker process died" in failure["reason"]
 
 
+def test_a_crash_blames_only_the_sample_of_the_worker_that_died(media_dir, tmp_path, monkeypatch):
+    """Two shards in flight; each time one worker dies, the other is on a healthy sample that must not be counted
+    as suspect (two such coincidences used to record it as a failure)."""
+    from crash_pair_source import SYNC
+
+    monkeypatch.setitem(SOURCES, "crashpair", "crash_pair_source")
+    (tmp_path / "sync").mkdir()
+    monkeypatch.setenv(SYNC, str(tmp_path / "sync"))
+    summary = run_precompute("crashpair", str(media_dir), tmp_path / "out", workers=2, shard_size=3, progress=False,
+                             opts=SourceOptions(**OPTS))
+    assert (summary["samples"], summary["failures"]) == (5, 1)
+    assert sorted(ids_in(tmp_path / "out")) == ["s0", "s1", "s3", "s4", "s5"]
+    failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert failure["id"] == "s2" and "worker process died" in failure["reason"]
+
+
 # ---------------------------------------------------------------- kill -9 and resume
 
 def test_kill_and_resume_matches_a_clean_run(media_dir, tmp_path, http_server):

@@ -1,8 +1,9 @@
 """The crash-tolerant worker pool that writes shards, and its progress counts (`fvlm_cli.progress.Progress`).
 
 Workers are spawned processes, each writing whole shards; a worker that dies (decoder segfault, OOM kill)
-restarts the pool and every shard in flight; the sample a shard was on is suspect, and a sample suspected
-twice is recorded as a failure instead of being tried again.
+restarts the pool and every shard in flight; the sample the dead worker was on is suspect, and a sample
+suspected twice is recorded as a failure instead of being tried again. (Only the dead worker's sample: the
+shards in flight restart together, so a healthy shard's sample can be in flight at two crashes of another.)
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
+import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -47,9 +50,9 @@ class Tracker:
         self.ok, self.failed = ok, failed
 
 
-def _handle_message(msg: tuple, bar: Tracker, started: dict[str, int]) -> None:
-    if msg[0] == "start":
-        started[msg[1]] = msg[2]
+def _handle_message(msg: tuple, bar: Tracker, started: dict[str, tuple]) -> None:
+    if msg[0] == "start":  # ("start", shard, sample index, worker pid)
+        started[msg[1]] = (msg[2], msg[3])
     else:
         bar.update(ok=msg[2], failed=msg[3])
 
@@ -73,13 +76,14 @@ def run_pool(tasks: Iterator[ShardTask], workers: int, bar: Tracker, records: li
     """Keep `workers` processes busy with shards (a few queued ahead); survive crashing workers."""
     ctx = mp.get_context("spawn")  # no fork: the driver may hold threads (progress bar) and open files
     threads = max(1, (os.cpu_count() or 1) // workers)
-    started: dict[str, int] = {}         # shard name -> index of the sample its worker is decoding
+    started: dict[str, tuple] = {}       # shard name -> (index of the sample its worker is decoding, worker pid)
     suspects: Counter = Counter()        # (shard, index) -> times a worker died while on it
     pending: dict[str, ShardTask] = {}   # submitted, not finished
     futures: dict = {}                   # future -> shard name
     task_iter = iter(tasks)
     exhausted = False
     restarts = 0
+    procs: dict = {}                     # pid -> worker Process of the current pool
 
     def new_pool() -> tuple[ProcessPoolExecutor, Any]:
         # SimpleQueue writes synchronously (no feeder thread): a worker's "start" message is in the pipe
@@ -111,6 +115,8 @@ def run_pool(tasks: Iterator[ShardTask], workers: int, bar: Tracker, records: li
             if not futures:
                 break
             done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+            # our own handles on the workers: a broken executor forgets its processes while we look for the dead one
+            procs.update(getattr(pool, "_processes", None) or {})
             drain(messages)
             broken = False
             for fut in done:
@@ -126,18 +132,26 @@ def run_pool(tasks: Iterator[ShardTask], workers: int, bar: Tracker, records: li
             if not broken:
                 continue
             # a worker died (decoder segfault, OOM kill): every shard in flight starts again in a new pool;
-            # the sample a shard was on is suspect, and a sample suspected twice is recorded as a failure
+            # the sample the dead worker was on is suspect, and a sample suspected twice is recorded as a failure
             restarts += 1
             if restarts > MAX_POOL_RESTARTS:
                 raise DataError(f"worker processes crashed {restarts} times; stopping (finished shards are kept)")
+            dead = _dead_pids(procs)
+            if not any(pid in dead for _, pid in started.values()):
+                dead = None  # cannot tell which worker died: every shard's sample is suspect
             pool.shutdown(wait=False, cancel_futures=True)
             pool, messages = new_pool()
+            procs = {}
             names = list(futures.values())
             futures = {}
             for name in names:
                 task = pending[name]
                 if name in started:
-                    key = (name, started.pop(name))
+                    index, pid = started.pop(name)
+                    if dead is not None and pid not in dead:
+                        futures[pool.submit(worker.write_shard, task)] = name
+                        continue
+                    key = (name, index)
                     suspects[key] += 1
                     if suspects[key] >= 2:
                         task.crashed[key[1]] = "the worker process died while decoding this input (twice)"
@@ -148,6 +162,18 @@ def run_pool(tasks: Iterator[ShardTask], workers: int, bar: Tracker, records: li
         _terminate(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _dead_pids(procs: dict, wait_s: float = 2.0) -> set[int]:
+    """Pids of the worker processes in `procs` (pid -> Process) that crashed; all that exited if none did.
+    The pool can report itself broken a moment before the dead process can be reaped (its pipes close first), so
+    this waits up to `wait_s` for an exit status."""
+    deadline = time.monotonic() + wait_s
+    while not any(proc.exitcode is not None for proc in procs.values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gone = {pid: proc.exitcode for pid, proc in list(procs.items()) if proc.exitcode is not None}
+    crashed = {pid for pid, code in gone.items() if code != -signal.SIGTERM}  # not the executor's own clean-up
+    return crashed or set(gone)
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:

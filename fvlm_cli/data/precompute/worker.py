@@ -174,7 +174,7 @@ def write_shard(task: ShardTask) -> dict:
     last = _LastClip()
     with shard_format.ShardWriter(out / task.name, quality=task.quality) as writer:
         for index, raw in task.items:
-            _report("start", task.name, index)
+            _report("start", task.name, index, os.getpid())
             try:
                 if index in task.crashed:
                     raise DataError(task.crashed[index])
