@@ -185,6 +185,8 @@ class PrecomputeConfig:
                                                 "input; default ~/.cache/fvlm)")
     max_fail_ratio: Optional[float] = field(None, help="fail (exit 2) when failures / samples exceeds this")
     retry_failed: bool = field(False, help="redo finished shards that recorded failures")
+    verify: bool = field(False, help="on resume, re-hash every finished shard against its sha256 (default: trust a "
+                                     "shard whose size and modification time are as recorded)")
     jpeg_quality: int = field(90, help="JPEG quality of stored frames")
     download: DownloadConfig = field(None, help="http(s) fetching of media URLs")
     extra: dict[str, Any] = field({}, help="source-specific knobs (--set key=value)")

@@ -117,6 +117,26 @@ def test_resume_skips_finished_and_repairs_damaged(media_dir, tmp_path):
     assert sorted(ids_in(out)) == sorted(set(ids_in(out)))
 
 
+def test_resume_trusts_size_and_mtime_and_verify_rehashes(media_dir, tmp_path):
+    """At terabytes, hashing every finished shard again on resume takes hours: a shard with its recorded size and
+    mtime is trusted; a touched one is re-hashed (and kept when its bytes are the same); --verify re-hashes all."""
+    out = tmp_path / "out"
+    run(media_dir, out)
+    shard = out / "videos-p000of001-000001.tar"
+    good = shard.read_bytes()
+    st = shard.stat()
+    damaged = bytearray(good)
+    damaged[1000:1100] = b"\xff" * 100  # bit rot: same size, and the mtime put back
+    shard.write_bytes(bytes(damaged))
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert run(media_dir, out)["shards_resumed"] == 4  # trusted: size and mtime as recorded
+    verified = run(media_dir, out, verify=True)
+    assert verified["shards_resumed"] == 3 and shard.read_bytes() == good  # found and rewritten
+
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, bytes unchanged: hashed, kept
+    assert run(media_dir, out)["shards_resumed"] == 4
+
+
 def test_different_options_are_refused(media_dir, tmp_path):
     out = tmp_path / "out"
     run(media_dir, out)

@@ -15,7 +15,7 @@ FLAGS = {
     "input": "input", "out": "out", "workers": "workers", "part": "part", "fps": "media.fps",
     "max_frames": "media.max_frames", "image_size": "media.image_size", "shard_size": "shard_size", "limit": "limit",
     "seed": "seed", "split": "split", "cache_dir": "cache_dir", "max_fail_ratio": "max_fail_ratio",
-    "retry_failed": "retry_failed", "timeout": "download.timeout", "max_download_mb": "download.max_mb",
+    "retry_failed": "retry_failed", "verify": "verify", "timeout": "download.timeout", "max_download_mb": "download.max_mb",
     "retries": "download.retries",
 }
 
@@ -46,6 +46,7 @@ def precompute(
     max_download_mb: Optional[float] = flag(P, "download.max_mb", "--max-download-mb"),
     retries: Optional[int] = flag(P, "download.retries", "--retries"),
     retry_failed: Optional[bool] = flag(P, "retry_failed", "--retry-failed/--no-retry-failed"),
+    verify: Optional[bool] = flag(P, "verify", "--verify/--no-verify"),
     config_file: Optional[str] = ConfigOpt,
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Source knob or option: --set n_videos=50 (repeatable)."),
     print_config: bool = PrintConfigOpt,

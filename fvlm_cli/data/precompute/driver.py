@@ -73,7 +73,7 @@ def run_config(cfg: PrecomputeConfig, progress: bool = True) -> dict:
     return run_precompute(cfg.source, cfg.input, cfg.out, workers=cfg.workers, part=parse_part(cfg.part),
                           opts=opts, shard_size=cfg.shard_size, max_fail_ratio=cfg.max_fail_ratio,
                           progress=progress, fetch_options=fetch_options, jpeg_quality=cfg.jpeg_quality,
-                          retry_failed=cfg.retry_failed)
+                          retry_failed=cfg.retry_failed, verify=cfg.verify)
 
 
 # ---------------------------------------------------------------- driver
@@ -83,13 +83,15 @@ def run_precompute(source_name: str, input: Optional[str], out_dir: str | os.Pat
                    opts: Optional[SourceOptions] = None, shard_size: int = 1000,
                    max_fail_ratio: Optional[float] = None, progress: bool = True,
                    fetch_options: Optional[FetchOptions] = None, jpeg_quality: int = shard_format.JPEG_QUALITY,
-                   retry_failed: bool = False) -> dict:
+                   retry_failed: bool = False, verify: bool = False) -> dict:
     """Turn one source into shards in `out_dir`; return a summary dict (see `render_summary`).
 
     workers: decoding processes (default min(4, cpus)); 0 decodes in this process (debugging).
     part: (i, n) keeps the samples whose index % n == i. opts: media policy and source knobs.
     max_fail_ratio: after the run, raise `DataError` if failures / samples seen exceeds it (shards and
     manifest are kept). retry_failed: redo finished shards that recorded failures (e.g. after a network outage).
+    verify: on resume, re-hash every finished shard (default: a shard whose size and mtime are as recorded is
+    trusted; at terabytes, hashing them all again would take hours).
     """
     module = get_source(source_name)
     opts = copy.deepcopy(opts) if opts is not None else SourceOptions()
@@ -141,7 +143,7 @@ def run_precompute(source_name: str, input: Optional[str], out_dir: str | os.Pat
             yield ShardTask(name=shard_name(source_name, part, k), part=part_text, out_dir=str(out), items=items,
                             plan=plan_hash(items, media, jpeg_quality), media=media, fetch=fetch_options,
                             download_dir=str(Path(opts.cache_dir or out / STATE_DIR) / "downloads"),
-                            quality=jpeg_quality, retry_failed=retry_failed)
+                            quality=jpeg_quality, retry_failed=retry_failed, verify=verify)
 
     display = Progress(progress, prefix="fvlm precompute", unit="samples")
     bar = Tracker(display, f"{source_name} {part_text}")

@@ -57,6 +57,7 @@ class ShardTask:
     download_dir: str
     quality: int = shard_format.JPEG_QUALITY
     retry_failed: bool = False
+    verify: bool = False                       # re-hash a finished shard even when its size and mtime match
     crashed: dict[int, str] = field(default_factory=dict)  # index -> reason: samples that killed a worker
 
 

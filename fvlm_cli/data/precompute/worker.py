@@ -141,7 +141,9 @@ def media_count_key(raw: RawSample, record: dict) -> str:
 
 
 def _existing(task: ShardTask, record_path: Path) -> Optional[dict]:
-    """The shard's record if it is finished and intact (same plan, tar present with the recorded sha256)."""
+    """The shard's record if it is finished and intact: same plan, and the tar present with the recorded size and
+    either the recorded modification time (what rsync trusts) or, with `task.verify` or an older record without
+    one, the recorded sha256."""
     if not record_path.exists():
         return None
     try:
@@ -152,7 +154,10 @@ def _existing(task: ShardTask, record_path: Path) -> Optional[dict]:
         return None
     if rec["samples"]:
         tar = Path(task.out_dir) / task.name
-        if not tar.exists() or tar.stat().st_size != rec["bytes"] or shard_format.sha256_file(tar) != rec["sha256"]:
+        if not tar.exists() or (st := tar.stat()).st_size != rec["bytes"]:
+            return None
+        unchanged = rec.get("mtime_ns") == st.st_mtime_ns and not task.verify
+        if not unchanged and shard_format.sha256_file(tar) != rec["sha256"]:
             return None
     return rec
 
@@ -194,16 +199,18 @@ def write_shard(task: ShardTask) -> dict:
             by_media[media_count_key(raw, record)] += 1
             frames_hist[record["frame_count"]] += 1
             _report("done", task.name, 1, 0, record["frame_count"])
+        mtime_ns = None
         if writer.samples:
             info = writer.close()
             sha, size = info.sha256, info.bytes
+            mtime_ns = (out / task.name).stat().st_mtime_ns
         else:  # every sample failed: no empty tar, the record alone says the shard is done
             writer.abort()
             (out / task.name).unlink(missing_ok=True)
             sha, size = None, 0
     rec = {
         "name": task.name, "part": task.part, "plan": task.plan, "samples": writer.samples, "sha256": sha,
-        "bytes": size, "first_index": task.items[0][0], "last_index": task.items[-1][0],
+        "bytes": size, "mtime_ns": mtime_ns, "first_index": task.items[0][0], "last_index": task.items[-1][0],
         "counts": {"source": dict(by_source), "kind": dict(by_kind), "media": dict(by_media)},
         "frames": {str(k): v for k, v in sorted(frames_hist.items())}, "failures": failures,
     }
