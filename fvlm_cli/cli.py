@@ -47,14 +47,14 @@ app.command("profile")(profile.profile)
 
 def main() -> None:
     """Console entry point: user errors are one red line and exit 2; internal errors exit 1."""
-    from fvlm_cli.errors import FvlmError, storage_error
+    from fvlm_cli.errors import SIGNALS_RECEIVED, FvlmError, Terminated, storage_error
 
     debug = "--debug" in sys.argv or os.environ.get("FVLM_DEBUG") == "1"
     _terminate_like_ctrl_c()
     try:
         rv = app(standalone_mode=False)
         if isinstance(rv, int) and rv:  # typer returns 130 for Ctrl-C instead of raising
-            if rv == 130 and _SIGNALLED:  # typer turned our Terminated into 130 too
+            if rv == 130 and SIGNALS_RECEIVED:  # typer turned a Terminated into 130 too
                 _err("terminated")
                 sys.exit(143)
             if rv == 130:
@@ -93,22 +93,17 @@ def main() -> None:
         sys.exit(1)
 
 
-_SIGNALLED: list[int] = []  # SIGTERM received (typer reports any KeyboardInterrupt as exit 130)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's preemption, `kill`, `docker stop`): unwinds like Ctrl-C, so every command's cleanup runs
-    (precompute writes its manifest of the finished shards, caption flushes its records), then exit 143."""
-
-
 def _terminate_like_ctrl_c() -> None:
     import signal
 
+    from fvlm_cli.errors import SIGNALS_RECEIVED, Terminated
+
     def raise_terminated(signum, frame):
-        _SIGNALLED.append(signum)
+        SIGNALS_RECEIVED.append(signum)
         raise Terminated()
 
-    signal.signal(signal.SIGTERM, raise_terminated)  # `fvlm serve`: uvicorn installs its own graceful handler
+    # `fvlm serve`: uvicorn installs its own graceful handler; training its own (save a checkpoint, then stop)
+    signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def _err(msg: str) -> None:

@@ -38,6 +38,16 @@ class TrainingError(FvlmError):
 
 
 
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM: a scheduler's preemption, `kill`, `docker stop`). It unwinds like
+    Ctrl-C, so every command's clean-up runs (precompute writes its manifest, training saves a checkpoint first);
+    the CLI exits 143."""
+
+
+# signals that asked this process to stop (typer reports any KeyboardInterrupt as exit 130; the CLI reads this)
+SIGNALS_RECEIVED: list[int] = []
+
+
 class StorageError(FvlmError):
     """This machine cannot store what the run writes (disk full, quota, read-only file system). The run stops and
     keeps its finished work; the input being processed is not recorded as bad, since it is not its fault."""

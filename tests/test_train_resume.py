@@ -144,3 +144,40 @@ def test_no_readable_checkpoint_is_one_line(shards, tmp_path):
                        timeout=300)
     assert r.returncode == 2 and "no readable checkpoint" in r.stderr and "step-000002" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _losses(run) -> dict:
+    return {r["step"]: r["loss"] for r in _rows(run) if r is not None and "loss" in r}
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_exactly(shards, tmp_path):
+    """A scheduler's preemption signals the whole process group (loader workers too): training finishes its step,
+    saves, exits 143; `--resume` then gives the same losses as a run that was never stopped."""
+    steps = 12
+    clean = tmp_path / "clean"
+    r = subprocess.run(_args(shards, clean, steps, "--set", "train.save_every=0"), env=ENV, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    run = tmp_path / "run"
+    p = subprocess.Popen(_args(shards, run, steps, "--set", "train.save_every=0"), env=ENV, cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not ((run / "metrics.jsonl").exists() and 3 in _metric_steps(run)):
+        assert p.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 143, err[-3000:]
+    m = re.search(r"stopped by signal SIGTERM after step (\d+): saved checkpoint step-(\d+)", err)
+    assert m and m.group(1) == str(int(m.group(2))), err[-3000:]
+    stopped = int(m.group(1))
+    assert 3 <= stopped < steps and err.strip().splitlines()[-1].endswith("terminated") and "Traceback" not in err
+    assert os.readlink(run / "checkpoints" / "latest") == f"step-{stopped:06d}"
+
+    r = subprocess.run(_args(shards, run, steps, "--set", "train.save_every=0", "--resume"), env=ENV, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert first_logged_step(r.stderr, steps) == stopped + 1
+    assert _metric_steps(run) == list(range(1, steps + 1))
+    assert _losses(run) == _losses(clean)

@@ -87,6 +87,27 @@ STATE_FORMAT = "fvlm-loader/2"
 
 # ---------------------------------------------------------------- samples and batches
 
+
+STOP_GRACE_S = 120.0  # how long a loader worker outlives a SIGTERM sent to the whole process group
+
+
+def _outlive_stop_signals(worker_id: int) -> None:
+    """In a training loader's worker (`train` closes the loader on every way out). A scheduler's SIGTERM (or SLURM's USR1 warning) reaches the whole process group, and
+    stopping is the training process's business: it finishes its step, saves a checkpoint (which may need a few more
+    batches under DDP), then shuts the workers down. So a worker ignores USR1 and leaves STOP_GRACE_S seconds after
+    SIGTERM instead of at once; a worker whose parent dies exits by itself anyway."""
+    import signal
+    import threading
+
+    def leave_later(signum, frame):
+        timer = threading.Timer(STOP_GRACE_S, os._exit, (128 + signum,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, leave_later)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 @dataclass
 class _Item:  # a prepared sample: tokenised and decoded
     id: str
@@ -329,8 +350,11 @@ def _pad_text(encs: Sequence[Encoded], pad_id: int, prefix: str) -> dict[str, to
 class TrainLoader:
     """An endless (or `epochs`-long) iterable of batches with exact `state_dict` / `load_state_dict`."""
 
-    def __init__(self, dataset: ShardMixture, *, num_workers: int = 0, pin_memory: bool = False):
+    def __init__(self, dataset: ShardMixture, *, num_workers: int = 0, pin_memory: bool = False,
+                 outlive_stop_signals: bool = False):
         self.dataset, self.num_workers, self.pin_memory = dataset, max(0, num_workers), pin_memory
+        # training's loader: its workers outlive a process-group SIGTERM while the trainer saves (then closes them)
+        self.outlive_stop_signals = outlive_stop_signals
         self._iter: Optional[Iterator[dict]] = None
         self._dl: Any = None                  # torchdata StatefulDataLoader
         self._dl_iter: Any = None
@@ -354,7 +378,8 @@ class TrainLoader:
             with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13
                 warnings.filterwarnings("ignore", message=".*set_vital.*")
                 dl = StatefulDataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                        pin_memory=self.pin_memory, persistent_workers=False)
+                                        pin_memory=self.pin_memory, persistent_workers=False,
+                                        worker_init_fn=_outlive_stop_signals if self.outlive_stop_signals else None)
             if self._dl_state is not None:
                 dl.load_state_dict(self._dl_state)
             self._dl = dl
@@ -514,7 +539,10 @@ class TrainLoader:
             self._dl = None
         dl_iter, self._dl_iter = self._dl_iter, None
         self._iter = iter(())
-        del dl_iter  # the last reference: the DataLoader iterator shuts its workers down when collected
+        shutdown = getattr(dl_iter, "_shutdown_workers", None)  # now: a suspended generator may still hold the loader
+        if shutdown is not None:
+            shutdown()
+        del dl_iter
 
 
 def _worker_message(e: Exception) -> str:
@@ -565,7 +593,7 @@ def _options(cfg: Any, tokenizer: Any, *, stage: int, dpo: bool) -> MixtureOptio
 
 def build_train_loader(cfg: Any, tokenizer: Any, *, stage: int, rank: int = 0, world_size: int = 1, dpo: bool = False,
                        epochs: Optional[int] = None, num_workers: Optional[int] = None,
-                       pin_memory: bool = False) -> TrainLoader:
+                       pin_memory: bool = False, outlive_stop_signals: bool = False) -> TrainLoader:
     """The training stream of one rank from `cfg` (a RunConfig): `data.train` mixed by weight, `data.text` drawn
     with probability `data.text_fraction`. Endless unless `epochs` is given (1 = one pass: every sample once)."""
     if not 0 <= rank < world_size:
@@ -582,7 +610,7 @@ def build_train_loader(cfg: Any, tokenizer: Any, *, stage: int, rank: int = 0, w
             log.warning("shard set %s (%s): %d shard(s) for %d readers (ranks x workers): sample-level split, every "
                         "reader scans all its shards", s.name, s.path, len(s.shards), readers)
     return TrainLoader(ShardMixture(sets, tokenizer, opts, rank=rank, world_size=world_size),
-                       num_workers=workers, pin_memory=pin_memory)
+                       num_workers=workers, pin_memory=pin_memory, outlive_stop_signals=outlive_stop_signals and workers > 0)
 
 
 def build_eval_loader(path: str, tokenizer: Any, cfg: Any, *, stage: int, limit: Optional[int] = None,

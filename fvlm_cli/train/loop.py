@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from fvlm_cli import config as cfglib
-from fvlm_cli.errors import ConfigError, TrainingError
+from fvlm_cli.errors import SIGNALS_RECEIVED, ConfigError, Terminated, TrainingError
 from fvlm_cli.eval.loss import evaluate_loss, model_inputs, query_attention, entropy, shared_fraction, to_device
 from fvlm_cli.settings import RunConfig
 from fvlm_cli.train import checkpoint
@@ -194,7 +196,8 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     forward = compile_model(net, cfg.train.compile_backend) if cfg.train.compile == "model" else net
     stage = 3 if dpo else cfg.train.stage
     loader = build_train_loader(cfg, tokenizer, stage=stage, rank=rank, world_size=world, dpo=dpo,
-                                pin_memory=device.type == "cuda")  # so non_blocking copies really overlap
+                                pin_memory=device.type == "cuda",  # so non_blocking copies really overlap
+                                outlive_stop_signals=True)  # StopRequest below; closed in its `finally`
     val_batches = []
     if cfg.data.val:
         val_batches = list(build_eval_loader(cfg.data.val, tokenizer, cfg, stage=stage, limit=cfg.data.val_samples,
@@ -227,86 +230,104 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     skipped_acc, bad_run, worst_run = zero(), zero(), zero()
     skipped_base, last_loss, gnorm, dpo_metrics = skipped, zero(), zero(), {}
     pending = 0  # samples this rank trained since samples_seen was last summed over ranks
-    for step in range(start, cfg.train.steps):
-        t_data = 0.0
-        loss_sum = zero()
-        for micro in range(cfg.train.grad_accum):
-            t0 = time.perf_counter()
-            host = next(it)
-            hints = step_bounds(host, dpo)  # from the host tensors: free
-            B, nf, nt = batch_counts(host)
-            batch = to_device(host, device)
-            t_data += time.perf_counter() - t0
-            sync = micro == cfg.train.grad_accum - 1
-            ctx = net.no_sync() if (world > 1 and not sync) else nullcontext()
-            with ctx:
-                with ac():
-                    if dpo:
-                        pb = pair_batch(batch)
-                        out = forward(**pb, mode=cfg.train.mode, return_logits=False, bounds=hints, repeat_frames=2)
-                        pi_c, pi_r = out["logps"][:B].float(), out["logps"][B:].float()
-                        ref_c, ref_r = _reference(ref_model, pb, batch, cfg, ref_cache, B, hints)
-                        loss, dpo_metrics = dpo_loss(pi_c, pi_r, ref_c, ref_r, cfg.dpo.beta)
-                    else:
-                        out = forward(**model_inputs(batch), mode=cfg.train.mode, return_logits=False, bounds=hints)
-                        loss = out["loss"]
-                (loss / cfg.train.grad_accum).backward()
-            loss_sum = loss_sum + loss.detach().float()
-            pending += B
-            counters["samples"] += B
-            counters["frames"] += nf
-            counters["tokens"] += nt
-            counters["flops"] += sample_flops(model, nf / max(B, 1), nt / max(B, 1), cfg.train.mode) * B * (2 if dpo else 1)
-        last_loss = loss_sum / cfg.train.grad_accum
-        params = [p for p in model.parameters() if p.requires_grad]
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-        # A non-finite loss or gradient skips the update on the device (the fused optimizer's found_inf), on every
-        # rank together (the flag is all-reduced); the count is read at the next log/save step.
-        ok = torch.isfinite(last_loss) & torch.isfinite(gnorm)
-        if world > 1:
-            flag = ok.float()
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            ok = flag > 0
-        masked_step(opt, ok)
-        bad = (~ok).float()
-        skipped_acc += bad
-        bad_run = (bad_run + 1) * bad
-        worst_run = torch.maximum(worst_run, bad_run)
-        opt.zero_grad(set_to_none=True)
-        sched.step()
-        step_no = step + 1
-        is_last = step_no == cfg.train.steps
-        log_now = step_no % cfg.train.log_every == 0 or is_last or step_no == start + 1
-        save_now = bool(cfg.train.save_every and step_no % cfg.train.save_every == 0) or is_last
-        eval_now = bool(val_batches) and ((cfg.train.eval_every and step_no % cfg.train.eval_every == 0) or is_last)
-        if log_now or save_now or eval_now:  # the only host reads of the step
-            samples_seen += _sum_int(pending, device, world)
-            pending = 0
-            skipped = skipped_base + int(skipped_acc.item())
-            if worst_run.item() >= cfg.train.max_bad_steps:
-                _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, None)
-                raise TrainingError(f"{int(worst_run.item())} consecutive non-finite losses by step {step_no}; saved a "
-                                    f"checkpoint in {run_dir}/checkpoints (lower the LR or check the data)")
-        if log_now:
-            now = time.perf_counter()
-            dt = max(now - t_last, 1e-9)
-            rec = {"step": step_no, "loss": _mean(float(last_loss), device, world), "grad_norm": float(gnorm),
-                   **lrs(opt), "samples_per_s": counters["samples"] * world / dt,
-                   "frames_per_s": counters["frames"] * world / dt, "tokens_per_s": counters["tokens"] * world / dt,
-                   "data_wait_s": t_data, "mfu": (counters["flops"] / dt / peak) if peak else None,
-                   "memory_gb": _memory_gb(device), "samples_seen": samples_seen, "skipped_steps": skipped,
-                   **{k: float(v) for k, v in dpo_metrics.items()}}
-            log.log(rec, total=cfg.train.steps)
-            t_last = now
-            counters = {"samples": 0, "frames": 0, "tokens": 0, "flops": 0.0}
-        if eval_now:
-            last_val = validate(model, val_batches, cfg.train.eval_modes, device, ac)
-            log.log({"step": step_no, **{f"val/{k}": v for k, v in last_val.items()}}, total=cfg.train.steps)
-        if save_now:
-            metric = None
-            if last_val:
-                metric = last_val.get(cfg.train.best_metric.removeprefix("val/"))
-            _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, metric)
+    stop = StopRequest()  # SIGTERM / SIGUSR1: finish the step, save, stop (a preempted job resumes from there)
+    try:
+        for step in range(start, cfg.train.steps):
+            t_data = 0.0
+            loss_sum = zero()
+            for micro in range(cfg.train.grad_accum):
+                t0 = time.perf_counter()
+                host = next(it)
+                hints = step_bounds(host, dpo)  # from the host tensors: free
+                B, nf, nt = batch_counts(host)
+                batch = to_device(host, device)
+                t_data += time.perf_counter() - t0
+                sync = micro == cfg.train.grad_accum - 1
+                ctx = net.no_sync() if (world > 1 and not sync) else nullcontext()
+                with ctx:
+                    with ac():
+                        if dpo:
+                            pb = pair_batch(batch)
+                            out = forward(**pb, mode=cfg.train.mode, return_logits=False, bounds=hints, repeat_frames=2)
+                            pi_c, pi_r = out["logps"][:B].float(), out["logps"][B:].float()
+                            ref_c, ref_r = _reference(ref_model, pb, batch, cfg, ref_cache, B, hints)
+                            loss, dpo_metrics = dpo_loss(pi_c, pi_r, ref_c, ref_r, cfg.dpo.beta)
+                        else:
+                            out = forward(**model_inputs(batch), mode=cfg.train.mode, return_logits=False, bounds=hints)
+                            loss = out["loss"]
+                    (loss / cfg.train.grad_accum).backward()
+                loss_sum = loss_sum + loss.detach().float()
+                pending += B
+                counters["samples"] += B
+                counters["frames"] += nf
+                counters["tokens"] += nt
+                counters["flops"] += sample_flops(model, nf / max(B, 1), nt / max(B, 1), cfg.train.mode) * B * (2 if dpo else 1)
+            last_loss = loss_sum / cfg.train.grad_accum
+            params = [p for p in model.parameters() if p.requires_grad]
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+            # A non-finite loss or gradient skips the update on the device (the fused optimizer's found_inf), on every
+            # rank together (the flag is all-reduced); the count is read at the next log/save step.
+            ok = torch.isfinite(last_loss) & torch.isfinite(gnorm)
+            if world > 1:
+                flag = ok.float()
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                ok = flag > 0
+            masked_step(opt, ok)
+            bad = (~ok).float()
+            skipped_acc += bad
+            bad_run = (bad_run + 1) * bad
+            worst_run = torch.maximum(worst_run, bad_run)
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            step_no = step + 1
+            is_last = step_no == cfg.train.steps
+            log_now = step_no % cfg.train.log_every == 0 or is_last or step_no == start + 1
+            save_now = bool(cfg.train.save_every and step_no % cfg.train.save_every == 0) or is_last
+            eval_now = bool(val_batches) and ((cfg.train.eval_every and step_no % cfg.train.eval_every == 0) or is_last)
+            stop_now = stop.requested and world == 1  # one process: at any step (a Python flag, no device read)
+            if log_now or save_now or eval_now or stop_now:  # the only host reads of the step
+                samples_seen += _sum_int(pending, device, world)
+                pending = 0
+                skipped = skipped_base + int(skipped_acc.item())
+                if world > 1:  # every rank stops at the same step: the request is agreed where the ranks sync anyway
+                    stop_now = not _all_ok(not stop.requested, device, world)
+                if worst_run.item() >= cfg.train.max_bad_steps:
+                    _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, None)
+                    raise TrainingError(f"{int(worst_run.item())} consecutive non-finite losses by step {step_no}; saved a "
+                                        f"checkpoint in {run_dir}/checkpoints (lower the LR or check the data)")
+            if log_now:
+                now = time.perf_counter()
+                dt = max(now - t_last, 1e-9)
+                rec = {"step": step_no, "loss": _mean(float(last_loss), device, world), "grad_norm": float(gnorm),
+                       **lrs(opt), "samples_per_s": counters["samples"] * world / dt,
+                       "frames_per_s": counters["frames"] * world / dt, "tokens_per_s": counters["tokens"] * world / dt,
+                       "data_wait_s": t_data, "mfu": (counters["flops"] / dt / peak) if peak else None,
+                       "memory_gb": _memory_gb(device), "samples_seen": samples_seen, "skipped_steps": skipped,
+                       **{k: float(v) for k, v in dpo_metrics.items()}}
+                log.log(rec, total=cfg.train.steps)
+                t_last = now
+                counters = {"samples": 0, "frames": 0, "tokens": 0, "flops": 0.0}
+            if eval_now:
+                last_val = validate(model, val_batches, cfg.train.eval_modes, device, ac)
+                log.log({"step": step_no, **{f"val/{k}": v for k, v in last_val.items()}}, total=cfg.train.steps)
+            if save_now:
+                metric = None
+                if last_val:
+                    metric = last_val.get(cfg.train.best_metric.removeprefix("val/"))
+                _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, metric)
+            if stop_now and not is_last:
+                if not save_now:
+                    _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen,
+                          skipped, None)
+                log.close()
+                if rank == 0:
+                    print(f"stopped by signal {stop.signal_name} after step {step_no}: saved checkpoint "
+                          f"step-{step_no:06d} in {run_dir}/checkpoints; the same command with --resume continues",
+                          file=sys.stderr, flush=True)
+                raise Terminated()
+    finally:
+        stop.close()
+        loader.close()  # the workers exit through the loader's own shutdown, not a terminate at interpreter exit
     log.close()
     if world > 1:
         dist.barrier()
@@ -315,6 +336,35 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     if rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+class StopRequest:
+    """SIGTERM or SIGUSR1 while training (a scheduler's preemption; SLURM's `--signal=USR1@120`, or torchrun passing
+    its own SIGTERM on): the step in progress finishes, a checkpoint is saved, and `train` raises `Terminated`
+    (exit 143). One process stops after the current step; under DDP the ranks agree at the next log/save/eval step,
+    where they sync anyway, so keep `train.log_every` steps shorter than the grace period. A second signal stops at
+    once, without a save."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = ""
+        self._old: dict = {}
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        SIGNALS_RECEIVED.append(signum)
+        if self.requested:
+            raise Terminated()
+        self.requested, self.signal_name = True, signal.Signals(signum).name
+
+    def close(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
 
 
 def _sum_int(x: int, device, world: int) -> int:
