@@ -154,3 +154,30 @@ def test_resume_on_one_rank_is_elastic_and_reads_no_consumed_sample(runs, shards
     after = [i for b in _trace(runs / "trace-elastic", 0) for i in b]
     assert len(consumed) == 8 and len(after) == 4 and len(set(after)) == 4 and not consumed & set(after)
     assert sorted(_losses(run)) == list(range(1, STEPS + 1))
+
+
+def test_sigterm_to_the_launcher_saves_on_both_ranks_and_resume_continues(shards, tmp_path):
+    """`fvlm train --gpus 2` passes a scheduler's SIGTERM to torchrun, which hands it to the ranks: they agree on a
+    step, save one checkpoint and stop (exit 143), leaving no process behind; `--resume` continues from there."""
+    run, steps = tmp_path / "run", 10
+    cmd = _cmd(shards, run, "--gpus", "2", save_every=0)
+    cmd[cmd.index("--steps") + 1] = str(steps)
+    p = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 400
+    while not ((run / "metrics.jsonl").exists() and 3 in _losses(run)):
+        assert p.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    ranks = _descendants(p.pid)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 143, err[-3000:]
+    m = re.search(r"stopped by signal SIGTERM after step (\d+): saved checkpoint step-(\d+)", err)
+    assert m, err[-3000:]
+    stopped = int(m.group(1))
+    assert 3 <= stopped < steps and os.readlink(run / "checkpoints" / "latest") == f"step-{stopped:06d}"
+    time.sleep(0.5)
+    assert not [pid for pid in ranks if Path(f"/proc/{pid}").exists()]  # torchrun and the ranks are gone
+
+    r = _run([*cmd, "--resume"], tmp_path / "trace")
+    assert re.search(rf"^(?:\[\S+\]:?\s*)?step (\d+)/{steps}\b", r.stderr, re.M).group(1) == str(stopped + 1)
+    assert sorted(_losses(run)) == list(range(1, steps + 1))

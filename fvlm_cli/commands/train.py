@@ -35,7 +35,30 @@ def _launch_torchrun(gpus: int) -> None:
             continue
         args.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "fvlm_cli", *args]
-    raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
+    raise SystemExit(_wait_forwarding_signals(subprocess.Popen(cmd, env=os.environ.copy())))
+
+
+def _wait_forwarding_signals(proc) -> int:
+    """Wait for the torchrun child, passing SIGTERM / SIGUSR1 on to it (torchrun hands SIGTERM to the ranks, which
+    save a checkpoint and stop): a scheduler's signal to this launcher must reach the training, not kill torchrun
+    and orphan the ranks. Ctrl-C reaches the whole terminal process group, torchrun included: keep waiting."""
+    import signal
+
+    from fvlm_cli.errors import SIGNALS_RECEIVED
+
+    def forward(signum, frame):
+        SIGNALS_RECEIVED.append(signum)
+        proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            rc = proc.wait()
+            break
+        except KeyboardInterrupt:
+            continue
+    return 143 if SIGNALS_RECEIVED and rc != 0 else rc
 
 
 def run_training(ctx: typer.Context, config, sets, resume, print_cfg, gpus, dpo) -> None:
