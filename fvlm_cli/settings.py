@@ -165,6 +165,8 @@ class DownloadConfig:
     max_mb: float = field(512.0, help="size cap per downloaded file (MiB); bigger files are failures")
     retries: int = field(3, help="extra attempts after a 5xx/429, a timeout or a dropped connection")
     backoff: float = field(1.0, help="seconds before the first retry, doubled each time")
+    max_seconds: float = field(600.0, help="longest one download attempt may take in all (a trickling server is "
+                                           "abandoned and retried)")
 
 
 @dataclass

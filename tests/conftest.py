@@ -39,13 +39,15 @@ def lm():
 
 class LocalServer:
     """http://127.0.0.1:<ephemeral port>: serves `files`, optionally after `delay` seconds, failing with the
-    statuses queued in `fail` first, or without a Content-Length header for paths in `no_length`."""
+    statuses queued in `fail` first, without a Content-Length header for paths in `no_length`, or a KiB at a time
+    for paths in `trickle`."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.delay: dict[str, float] = {}
         self.fail: dict[str, list[int]] = {}
         self.no_length: set[str] = set()
+        self.trickle: dict[str, float] = {}  # path -> seconds between 1 KiB pieces of the body
         self.hits: Counter = Counter()
         server = self
 
@@ -69,8 +71,14 @@ class LocalServer:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 try:
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (size cap): fine
+                    if self.path in server.trickle:
+                        for i in range(0, len(body), 1024):
+                            self.wfile.write(body[i:i + 1024])
+                            self.wfile.flush()
+                            time.sleep(server.trickle[self.path])
+                    else:
+                        self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (size cap, deadline): fine
                     pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -4,6 +4,8 @@ download rules (http(s) only, timeout, size cap, retries); the source registry."
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,34 @@ def test_fetch_rules(http_server, tmp_path, clip):
     with pytest.raises(DataError, match=r"after 2 attempts: timed out after 0.3 s"):
         fetch(f"{http_server.url}/slow.mp4", tmp_path, timeout=0.3, retries=1, backoff=0.01)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial files left
+
+
+def test_a_trickling_server_is_abandoned_after_max_seconds_and_a_full_disk_is_not_its_fault(http_server, tmp_path,
+                                                                                           clip, monkeypatch):
+    import errno
+
+    from fvlm_cli.data import download
+    from fvlm_cli.errors import StorageError
+
+    http_server.files["/drip.mp4"] = b"\0" * 20_000
+    http_server.trickle["/drip.mp4"] = 0.1  # never 0.5 s of silence, but 2 s in all
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=r"after 2 attempts: did not finish within 0.6 s"):
+        fetch(f"{http_server.url}/drip.mp4", tmp_path, timeout=0.5, retries=1, backoff=0.01, max_seconds=0.6)
+    assert time.monotonic() - t0 < 4 and http_server.hits["/drip.mp4"] == 2
+
+    http_server.files["/ok.mp4"] = clip
+    real_open = open
+
+    def full_disk_open(path, mode="r", *a, **kw):
+        if "w" in mode and ".part" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(download, "open", full_disk_open, raising=False)
+    with pytest.raises(StorageError, match="No space left on device"):
+        fetch(f"{http_server.url}/ok.mp4", tmp_path / "d", retries=3, backoff=0.01)
+    assert http_server.hits["/ok.mp4"] == 1  # not retried: the server was not at fault
 
 
 # ---------------------------------------------------------------- webvid

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from fvlm_cli.errors import DataError
+from fvlm_cli.errors import DataError, storage_error
 
 USER_AGENT = "fvlm-precompute/1 (+https://huggingface.co/sanps/fVLM-135M)"
 _CHUNK = 1 << 16
@@ -33,6 +33,7 @@ class FetchOptions:
     max_bytes: int = 512 * 1024 * 1024   # size cap per file; bigger files are rejected, never truncated
     retries: int = 3                     # extra attempts after a 5xx, 429, timeout or dropped connection
     backoff: float = 1.0                 # first retry waits this long, then 2x, 4x, ...
+    max_seconds: float = 600.0           # one attempt's whole duration: a server trickling bytes cannot hold a worker
 
 
 class _Retryable(Exception):
@@ -70,13 +71,14 @@ def url_filename(url: str) -> str:
 
 
 def fetch(url: str, dest_dir: str | Path, *, timeout: float = 30.0, max_bytes: int = 512 * 1024 * 1024,
-          retries: int = 3, backoff: float = 1.0) -> Path:
+          retries: int = 3, backoff: float = 1.0, max_seconds: float = 600.0) -> Path:
     """Download `url` into `dest_dir` and return the file's path (an existing complete download is reused).
 
     http(s) only. A 4xx answer fails at once; a 5xx/429 answer, a timeout or a dropped connection is tried
-    again up to `retries` times, waiting `backoff`, 2x`backoff`, ... between attempts. A file larger than
-    `max_bytes` (by Content-Length, or counted while streaming) is rejected. Raises `DataError` with a
-    one-line reason; a partial file never stays behind.
+    again up to `retries` times, waiting `backoff`, 2x`backoff`, ... between attempts, and so is an attempt that
+    takes longer than `max_seconds` in all (a server that trickles bytes never trips the read `timeout`). A file
+    larger than `max_bytes` (by Content-Length, or counted while streaming) is rejected. Raises `DataError` with a
+    one-line reason (a full disk: `StorageError`); a partial file never stays behind.
     """
     scheme = urllib.parse.urlsplit(url).scheme.lower() if isinstance(url, str) else ""
     if scheme not in ("http", "https"):
@@ -92,7 +94,7 @@ def fetch(url: str, dest_dir: str | Path, *, timeout: float = 30.0, max_bytes: i
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
-            _download_once(url, dest, timeout=timeout, max_bytes=max_bytes)
+            _download_once(url, dest, timeout=timeout, max_bytes=max_bytes, max_seconds=max_seconds)
             return dest
         except _Retryable as e:
             last = str(e)
@@ -100,8 +102,9 @@ def fetch(url: str, dest_dir: str | Path, *, timeout: float = 30.0, max_bytes: i
     raise DataError(f"download failed after {tries}: {last}")
 
 
-def _download_once(url: str, dest: Path, *, timeout: float, max_bytes: int) -> None:
+def _download_once(url: str, dest: Path, *, timeout: float, max_bytes: int, max_seconds: float) -> None:
     tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
+    t0 = time.monotonic()
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         with _opener.open(request, timeout=timeout) as response:
@@ -111,9 +114,11 @@ def _download_once(url: str, dest: Path, *, timeout: float, max_bytes: int) -> N
             size = 0
             with open(tmp, "wb") as f:
                 while True:
-                    chunk = response.read(_CHUNK)
+                    chunk = response.read1(_CHUNK)  # what has arrived: read() would wait for all _CHUNK bytes
                     if not chunk:
                         break
+                    if time.monotonic() - t0 > max_seconds:
+                        raise _Retryable(f"did not finish within {max_seconds:g} s ({_mib(size)} so far): {url}")
                     size += len(chunk)
                     if size > max_bytes:
                         raise DataError(f"file exceeds the {_mib(max_bytes)} size cap while downloading: {url}")
@@ -132,7 +137,11 @@ def _download_once(url: str, dest: Path, *, timeout: float, max_bytes: int) -> N
         if isinstance(e.reason, (socket.timeout, TimeoutError)):
             raise _Retryable(f"timed out after {timeout:g} s: {url}") from None
         raise _Retryable(f"cannot connect ({e.reason}): {url}") from None
-    except (OSError, http.client.HTTPException) as e:  # reset, refused, truncated body
+    except OSError as e:
+        if (full := storage_error(e)) is not None:  # the disk, not the server: no retry, no blame on the URL
+            raise full from None
+        raise _Retryable(f"connection error ({type(e).__name__}: {e}): {url}") from None
+    except http.client.HTTPException as e:  # truncated body
         raise _Retryable(f"connection error ({type(e).__name__}: {e}): {url}") from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -56,7 +56,7 @@ def _download(url: str, max_bytes: int, timeout: float) -> bytes:
 
     tmp = tempfile.mkdtemp(prefix="fvlm-serve-")
     try:
-        path = fetch(url, tmp, timeout=timeout, max_bytes=max_bytes, retries=1, backoff=0.5)
+        path = fetch(url, tmp, timeout=timeout, max_bytes=max_bytes, retries=1, backoff=0.5, max_seconds=timeout)
         return path.read_bytes()
     except DataError as e:
         status = 413 if "size cap" in str(e) else 400

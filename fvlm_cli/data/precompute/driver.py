@@ -69,7 +69,8 @@ def run_config(cfg: PrecomputeConfig, progress: bool = True) -> dict:
     opts = SourceOptions(media=copy.deepcopy(cfg.media), limit=cfg.limit, seed=cfg.seed, cache_dir=cfg.cache_dir,
                          split=cfg.split, extra=dict(cfg.extra))
     fetch_options = FetchOptions(timeout=cfg.download.timeout, max_bytes=int(cfg.download.max_mb * 2**20),
-                                 retries=cfg.download.retries, backoff=cfg.download.backoff)
+                                 retries=cfg.download.retries, backoff=cfg.download.backoff,
+                                 max_seconds=cfg.download.max_seconds)
     return run_precompute(cfg.source, cfg.input, cfg.out, workers=cfg.workers, part=parse_part(cfg.part),
                           opts=opts, shard_size=cfg.shard_size, max_fail_ratio=cfg.max_fail_ratio,
                           progress=progress, fetch_options=fetch_options, jpeg_quality=cfg.jpeg_quality,

@@ -93,7 +93,8 @@ def _load(raw: RawSample, task: ShardTask, window):
         return load_images(src, image_size=task.media["image_size"])
     if is_url(src):  # one folder per process: another worker may hold the same URL and delete its copy
         downloaded = fetch(src, Path(task.download_dir) / str(os.getpid()), timeout=task.fetch.timeout,
-                           max_bytes=task.fetch.max_bytes, retries=task.fetch.retries, backoff=task.fetch.backoff)
+                           max_bytes=task.fetch.max_bytes, retries=task.fetch.retries, backoff=task.fetch.backoff,
+                           max_seconds=task.fetch.max_seconds)
         src = downloaded
     try:
         return load_media(src, kind=kind, window=window, **task.media)
