@@ -48,6 +48,16 @@ class Terminated(KeyboardInterrupt):
 SIGNALS_RECEIVED: list[int] = []
 
 
+def worker_error_message(e: BaseException) -> str:
+    """The original one-line message of an error a DataLoader worker raised (torch re-raises it in the main process
+    with the worker's traceback as its message)."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return last.split(f"{type(e).__name__}: ", 1)[-1]
+
+
 class StorageError(FvlmError):
     """This machine cannot store what the run writes (disk full, quota, read-only file system). The run stops and
     keeps its finished work; the input being processed is not recorded as bad, since it is not its fault."""

@@ -286,3 +286,34 @@ def test_a_decoder_that_hangs_is_timed_out_and_costs_only_that_input(tree, tmp_p
     fails = {Path(x["input"]).name: x["error"] for x in rows(tmp_path / "caps.failures.jsonl")}
     assert fails["c.mp4"] == "decoding took longer than --decode-timeout 4 s (twice)"
     assert tries == 2
+
+
+@needs_fork
+def test_a_shard_sample_that_kills_its_worker_costs_only_that_sample(tmp_path, monkeypatch):
+    """Inside a shard the suspect is the sample, not the shard: the rest of the tar is still captioned, and the
+    samples captioned before the crash are not captioned again."""
+    from shard_factory import frame_code
+    from typer.testing import CliRunner
+
+    from fvlm_cli.cli import app
+    from fvlm_cli.infer import captioner
+
+    samples = make_samples(n_video=6, size=32)
+    write_shards(tmp_path / "set", samples, per_shard=3)
+    real = captioner.clip_tensor
+
+    def decode(frames, *a, **kw):
+        if frame_code(frames[0])[1] == 1:  # sample 1 of the first shard
+            os._exit(11)
+        return real(frames, *a, **kw)
+
+    monkeypatch.setattr(captioner, "clip_tensor", decode)
+    out = tmp_path / "caps.jsonl"
+    r = CliRunner().invoke(app, ["caption", str(tmp_path / "set"), "--model", "tiny", "--out", str(out),
+                                 "--max-new-tokens", "2", "--workers", "2", "--batch-size", "1"])
+    assert r.exit_code == 2, r.output
+    got = [x["id"] for x in rows(out)]
+    assert sorted(got) == sorted(s["id"] for s in samples if s["id"] != "video0001") and len(set(got)) == len(got)
+    fails = rows(tmp_path / "caps.failures.jsonl")
+    assert [(x["id"], x["error"]) for x in fails] == [("video0001", "its decoder process died on it (twice)")]
+    assert "#" in fails[0]["input"]

@@ -35,20 +35,25 @@ def _launch_torchrun(gpus: int) -> None:
             continue
         args.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m", "fvlm_cli", *args]
-    raise SystemExit(_wait_forwarding_signals(subprocess.Popen(cmd, env=os.environ.copy())))
+    env = os.environ.copy()
+    # torchrun SIGKILLs the ranks 30 s after passing them a SIGTERM by default: too short for "finish the step (DDP:
+    # up to the next log step), then save"; the scheduler's own kill deadline still applies on top
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "300")
+    raise SystemExit(_wait_forwarding_signals(subprocess.Popen(cmd, env=env)))
 
 
 def _wait_forwarding_signals(proc) -> int:
-    """Wait for the torchrun child, passing SIGTERM / SIGUSR1 on to it (torchrun hands SIGTERM to the ranks, which
-    save a checkpoint and stop): a scheduler's signal to this launcher must reach the training, not kill torchrun
-    and orphan the ranks. Ctrl-C reaches the whole terminal process group, torchrun included: keep waiting."""
+    """Wait for the torchrun child, passing SIGTERM / SIGUSR1 on to it as SIGTERM (torchrun hands SIGTERM to the ranks,
+    which save a checkpoint and stop; a SIGUSR1 would kill torchrun itself, which handles only SIGTERM, SIGINT, SIGHUP
+    and SIGQUIT by default): a scheduler's signal to this launcher must reach the training, not kill torchrun and
+    orphan the ranks. Ctrl-C reaches the whole terminal process group, torchrun included: keep waiting."""
     import signal
 
     from fvlm_cli.errors import SIGNALS_RECEIVED
 
     def forward(signum, frame):
         SIGNALS_RECEIVED.append(signum)
-        proc.send_signal(signum)
+        proc.send_signal(signal.SIGTERM)
 
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, forward)

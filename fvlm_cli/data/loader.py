@@ -78,7 +78,7 @@ from fvlm_cli.data.readers import MixSet, SetReader, elastic_plan, uniform
 # the one shard reader lives in data/shards.py; these names stay importable from here for older callers
 from fvlm_cli.data.shards import (ShardSample, decode_frames, discover_shards, index_shard, read_record,  # noqa: F401
                                   resolve_shards)
-from fvlm_cli.errors import DataError, FvlmError, TrainingError
+from fvlm_cli.errors import DataError, FvlmError, TrainingError, worker_error_message
 
 log = logging.getLogger("fvlm.data")
 
@@ -391,7 +391,7 @@ class TrainLoader:
                 return
             except FvlmError as e:  # raised in a worker: torch wraps the message in a traceback
                 self.close()
-                raise type(e)(_worker_message(e)) from None
+                raise type(e)(worker_error_message(e)) from None
             state = batch.pop("_state")
             self._roles[state["role"]] = state
             if batch.pop("_end", False):  # a finished reader's final counts, not a batch
@@ -543,15 +543,6 @@ class TrainLoader:
         if shutdown is not None:
             shutdown()
         del dl_iter
-
-
-def _worker_message(e: Exception) -> str:
-    """The original one-line message of an fvlm error re-raised by a DataLoader worker."""
-    text = str(e)
-    if "Original Traceback" not in text:
-        return text
-    last = [line for line in text.strip().splitlines() if line.strip()][-1]
-    return last.split(f"{type(e).__name__}: ", 1)[-1]
 
 
 class EvalLoader:

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from fvlm_cli.errors import FvlmError, storage_error
+from fvlm_cli.errors import FvlmError, storage_error, worker_error_message
 from fvlm_cli.infer.core import clip_tensor, generate_clips, load_clip
 from fvlm_cli.infer.inputs import ShardUnit, done_key, shard_input
 
@@ -43,6 +43,7 @@ class Decoded:
     error: Optional[str] = None
     skipped: Optional[str] = None
     unit: int = -1          # index of its unit in the DecodeStream's list
+    last: bool = False      # a shard's end marker: no record, the shard is done
 
 
 @dataclass
@@ -75,17 +76,20 @@ def _debug_trace() -> None:
 
 
 class DecodeStream(torch.utils.data.IterableDataset):
-    """Decoded inputs of `units` (worker w takes units w, w+n, ...); done inputs are skipped.
+    """Decoded inputs of `units` (worker w takes units w, w+n, ...); done inputs are skipped; each shard ends with a
+    `last` marker (no record), so the main process knows it need not read that tar again.
 
-    slots: a shared array of two floats per worker, the unit it is decoding (-1: none) and since when, so the main
-    process can tell which input a worker died or hung on (the DataLoader only says that a worker failed)."""
+    slots: a shared array of three floats per worker: the unit it is decoding (-1: none), the sample of a shard it
+    is on, and since when; so the main process can tell which input a worker died or hung on (the DataLoader only
+    says that a worker failed). bad: {(shard path, sample number): reason}, samples not to decode again."""
 
-    def __init__(self, units: list, done: frozenset, media_cfg, image_size: int, slots=None):
-        self.units, self.done, self.media_cfg, self.image_size, self.slots = units, done, media_cfg, image_size, slots
+    def __init__(self, units: list, done: frozenset, media_cfg, image_size: int, slots=None, bad: Optional[dict] = None):
+        self.units, self.done, self.media_cfg, self.image_size = units, done, media_cfg, image_size
+        self.slots, self.bad = slots, bad or {}
 
-    def _mark(self, wid: int, k: int) -> None:
+    def _mark(self, wid: int, k: int, sample: int = 0) -> None:
         if self.slots is not None:
-            self.slots[2 * wid], self.slots[2 * wid + 1] = k, time.time()
+            self.slots[3 * wid], self.slots[3 * wid + 1], self.slots[3 * wid + 2] = k, sample, time.time()
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -112,15 +116,19 @@ class DecodeStream(torch.utils.data.IterableDataset):
 
         from fvlm_cli.data.shards import iter_shard_samples
 
-        self._mark(wid, k)  # reading the next sample of the tar counts as decoding this unit
+        i = 0
+        self._mark(wid, k, i)  # reading the next sample of the tar counts as decoding it
         try:
-            for s in iter_shard_samples(unit.path, decode="bytes"):
+            for i, s in enumerate(iter_shard_samples(unit.path, decode="bytes")):
+                self._mark(wid, k, i)
                 name = shard_input(unit.path, s["__key__"])
                 rec = s["json"]
                 if done_key(name, rec.get("id")) in self.done:
                     continue
                 extra = {"id": rec["id"]} if rec.get("id") is not None else {}
-                if not s["frames"]:
+                if (unit.path, i) in self.bad:
+                    d = Decoded(name, extra=extra, error=self.bad[(unit.path, i)], unit=k)
+                elif not s["frames"]:
                     d = Decoded(name, extra=extra, skipped="text-only sample", unit=k)
                 else:
                     try:
@@ -132,11 +140,13 @@ class DecodeStream(torch.utils.data.IterableDataset):
                         d = Decoded(name, extra=extra, error=f"cannot decode its frames ({_error_text(e)})", unit=k)
                 self._mark(wid, -1)
                 yield d
-                self._mark(wid, k)
+                self._mark(wid, k, i + 1)
         except Exception as e:  # a corrupt or truncated tar: the rest of it is lost, other shards go on
             self._mark(wid, -1)
-            yield Decoded(unit.path, error=f"cannot read shard ({_error_text(e)})", unit=k)
+            if done_key(unit.path, None) not in self.done:
+                yield Decoded(unit.path, error=f"cannot read shard ({_error_text(e)})", unit=k)
         self._mark(wid, -1)
+        yield Decoded(unit.path, unit=k, last=True)
 
 
 def _identity(x):
@@ -152,6 +162,8 @@ def _records(lm, batch: list[Decoded], g) -> list[dict]:
     except KeyboardInterrupt:
         raise
     except Exception as e:
+        if _loader_failure(e) is not None:  # torch's SIGCHLD handler raised it here: a worker died, not this batch
+            raise
         if len(batch) == 1:
             _debug_trace()
             return [{"input": batch[0].input, **batch[0].extra, "error": f"generation failed: {_error_text(e)}"}]
@@ -166,7 +178,7 @@ def _records(lm, batch: list[Decoded], g) -> list[dict]:
     return rows
 
 
-MAX_LOADER_RESTARTS = 20  # decoder crashes or hangs in one run before it stops (finished captions are kept)
+MAX_STALLED_RESTARTS = 10  # decoder crashes or hangs in a row with no record in between before the run stops
 
 
 def _loader_failure(e: BaseException) -> Optional[str]:
@@ -179,17 +191,19 @@ def _loader_failure(e: BaseException) -> Optional[str]:
     return None
 
 
-def _culprits(it, slots, failure: str, timeout: float) -> list[int]:
-    """The units (positions in the stream's list) the failed workers were on: a dead worker's unit, or a unit
-    decoded for `timeout` seconds or more; every busy worker's unit when that cannot be told."""
-    busy = {w: int(slots[2 * w]) for w in range(len(slots) // 2) if slots[2 * w] >= 0}
+def _culprits(it, slots, failure: str, timeout: float) -> list[tuple[int, int]]:
+    """(unit, sample) the failed workers were on (positions in the stream's list): a dead worker's, or those decoded
+    for `timeout` seconds or more. A dead worker that was between inputs blames nobody; only when the worker
+    processes cannot be seen is every busy worker's input suspect."""
+    busy = {w: (int(slots[3 * w]), int(slots[3 * w + 1])) for w in range(len(slots) // 3) if slots[3 * w] >= 0}
     if failure == "died":
-        procs = getattr(it, "_workers", None) or []  # DataLoader's worker processes, in worker-id order
-        hit = [busy[w] for w, p in enumerate(procs) if p.exitcode is not None and w in busy]
-    else:
-        now = time.time()
-        hit = [k for w, k in busy.items() if now - slots[2 * w + 1] >= timeout * 0.9]
-    return hit or list(busy.values())
+        procs = getattr(it, "_workers", None)  # DataLoader's worker processes, in worker-id order
+        if procs:
+            return [busy[w] for w, p in enumerate(procs) if p.exitcode is not None and w in busy]
+        return list(busy.values())
+    now = time.time()
+    late = [at for w, at in busy.items() if now - slots[3 * w + 2] >= timeout * 0.9]
+    return late or list(busy.values())
 
 
 def caption_units(lm, units: list, cfg, emit: Callable[[dict], None], done: frozenset = frozenset()) -> Summary:
@@ -197,8 +211,8 @@ def caption_units(lm, units: list, cfg, emit: Callable[[dict], None], done: froz
     order for files: {"input", "text", ...}, {"input", "error"} or {"input", "skipped"}.
 
     A decoder that crashes its worker process (a segfault, an OOM kill) or takes longer than `cfg.decode_timeout`
-    on one input costs only that input: the DataLoader starts again on the inputs not yet delivered, and an input a
-    worker failed on twice becomes an error record."""
+    on one input costs only that input: the DataLoader starts again on the inputs not yet captioned, and an input
+    (a file, or one sample of a shard) a worker failed on twice becomes an error record."""
     summary = Summary()
     t_start = time.perf_counter()
     if not units:
@@ -206,40 +220,49 @@ def caption_units(lm, units: list, cfg, emit: Callable[[dict], None], done: froz
     workers = max(0, int(cfg.workers))
     timeout = float(cfg.decode_timeout or 0) if workers else 0.0
     pending: list[Decoded] = []
-    seen = set(done)         # done keys, plus every shard sample emitted by this run (a restart skips them)
-    left = list(range(len(units)))  # indices into `units` not yet fully delivered
-    suspects: Counter = Counter()
-    restarts = 0
+    seen = set(done)             # done keys, plus every shard sample emitted by this run (a restart skips them)
+    finished: set[int] = set()   # indices into `units` with every record emitted (a shard: its end marker came)
+    left = list(range(len(units)))
+    suspects: Counter = Counter()  # (index into units, sample) -> times a worker died or hung on it
+    bad: dict = {}               # (shard path, sample) -> reason: shard samples not to decode again
+    order: list[int] = []        # the current stream's positions -> indices into `units`
+    stalled = 0
 
     def flush():
         ok = [d for d in pending if d.clip is not None]
         t0 = time.perf_counter()
         rows = iter(_records(lm, ok, cfg.generate) if ok else [])
         summary.model_s += time.perf_counter() - t0
+        recs = []
         for d in pending:
             if d.skipped:
-                rec = {"input": d.input, **d.extra, "skipped": d.skipped}
-                summary.skipped += 1
+                recs.append((d, {"input": d.input, **d.extra, "skipped": d.skipped}))
             elif d.error:
-                rec = {"input": d.input, **d.extra, "error": d.error}
+                recs.append((d, {"input": d.input, **d.extra, "error": d.error}))
             else:
-                rec = next(rows)
+                recs.append((d, next(rows)))
+        for d, rec in recs:  # each one leaves `pending` once emitted: an interrupted flush is finished by the next
             if "error" in rec:
                 summary.failed += 1
+            elif "skipped" in rec:
+                summary.skipped += 1
             elif "text" in rec:
                 summary.captioned += 1
-            seen.add(done_key(d.input, d.extra.get("id")))
             emit(rec)
-        pending.clear()
+            seen.add(done_key(d.input, d.extra.get("id")))
+            if not isinstance(units[order[d.unit]], ShardUnit):
+                finished.add(order[d.unit])
+            pending.pop(0)  # `d` (records are made and emitted in pending's order)
 
     while left:
-        stream_units = [units[i] for i in left]
-        slots = mp.RawArray("d", [-1.0, 0.0] * workers) if workers else None
+        order = list(left)
+        stream_units = [units[i] for i in order]
+        slots = mp.RawArray("d", [-1.0, 0.0, 0.0] * workers) if workers else None
         loader = torch.utils.data.DataLoader(
-            DecodeStream(stream_units, frozenset(seen), lm.media, lm.model.image_size, slots), batch_size=None,
-            num_workers=workers, prefetch_factor=max(1, cfg.prefetch) if workers else None, collate_fn=_identity,
-            timeout=timeout)
-        delivered: set[int] = set()  # file units whose record arrived
+            DecodeStream(stream_units, frozenset(seen), lm.media, lm.model.image_size, slots, dict(bad)),
+            batch_size=None, num_workers=workers, prefetch_factor=max(1, cfg.prefetch) if workers else None,
+            collate_fn=_identity, timeout=timeout)
+        emitted_before = summary.captioned + summary.failed + summary.skipped
         it = iter(loader)
         try:
             while True:
@@ -249,39 +272,48 @@ def caption_units(lm, units: list, cfg, emit: Callable[[dict], None], done: froz
                 except StopIteration:
                     break
                 summary.wait_s += time.perf_counter() - t0
+                if d.last:
+                    finished.add(order[d.unit])
+                    continue
                 pending.append(d)
-                if not isinstance(stream_units[d.unit], ShardUnit):
-                    delivered.add(d.unit)
                 if sum(x.clip is not None for x in pending) >= max(1, cfg.batch_size):
                     flush()
+            flush()
+            break
+        except FvlmError as e:  # raised in a worker (a full disk): its own one line, not the worker's traceback
+            raise type(e)(worker_error_message(e)) from None
         except RuntimeError as e:
             failure = _loader_failure(e)
             if failure is None or slots is None:
                 raise
             culprits = _culprits(it, slots, failure, timeout)
-            del it  # shuts the other workers down (a hung one is terminated)
+            shutdown = getattr(it, "_shutdown_workers", None)  # now, not when the traceback lets go of `it`
+            if shutdown is not None:
+                shutdown()
+            del it
             flush()
-            restarts += 1
-            if restarts > MAX_LOADER_RESTARTS:
-                raise FvlmError(f"decoder processes failed {restarts} times; stopping (finished captions are kept)") from None
-            for pos in culprits:
-                suspects[left[pos]] += 1
-            lost = {pos for pos in culprits if suspects[left[pos]] >= 2}
-            for pos in sorted(lost):
-                what = ("its decoder process died on it" if failure == "died"
-                        else f"decoding took longer than --decode-timeout {timeout:g} s")
-                unit = stream_units[pos]
-                if isinstance(unit, ShardUnit):
-                    what += "; the rest of the shard is skipped"
-                    name, extra = unit.path, {}
-                else:
-                    name, extra = unit.input, dict(unit.extra)
-                summary.failed += 1
-                emit({"input": name, **extra, "error": f"{what} (twice)"})
-            left = [i for pos, i in enumerate(left) if pos not in delivered and pos not in lost]
-            continue
-        flush()
-        left = []
+        progressed = summary.captioned + summary.failed + summary.skipped > emitted_before
+        stalled = 0 if progressed else stalled + 1
+        if stalled > MAX_STALLED_RESTARTS:
+            raise FvlmError(f"decoder processes failed {stalled} times in a row without a caption; stopping "
+                            f"(finished captions are kept)")
+        what = ("its decoder process died on it" if failure == "died"
+                else f"decoding took longer than --decode-timeout {timeout:g} s")
+        for pos, sample in culprits:
+            index = order[pos]
+            unit = units[index]
+            suspects[(index, sample)] += 1
+            if suspects[(index, sample)] < 2 or index in finished:
+                continue
+            if isinstance(unit, ShardUnit) and suspects[(index, sample)] == 2:
+                bad[(unit.path, sample)] = f"{what} (twice)"  # skipped on the next pass; the rest of the shard goes on
+                continue
+            finished.add(index)  # a file, or a shard that fails even around its bad sample: not tried again
+            name, extra = (unit.path, {}) if isinstance(unit, ShardUnit) else (unit.input, dict(unit.extra))
+            summary.failed += 1
+            emit({"input": name, **extra, "error": f"{what} (twice)" if not isinstance(unit, ShardUnit) else
+                  f"{what} (three times); the rest of the shard is skipped"})
+        left = [i for i in order if i not in finished]
     summary.wall_s = time.perf_counter() - t_start
     return summary
 

@@ -129,8 +129,12 @@ def create_app(lm, cfg, model_id: str) -> FastAPI:
                 pass
 
         watch = asyncio.ensure_future(disconnected())
+        watch.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed watch is not worth a warning
         try:
             await asyncio.wait({job.future, watch}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server cancelled the handler: nobody waits for the answer either
+            job.cancel.set()
+            raise
         finally:
             watch.cancel()
         if job.future.done() and not job.future.cancelled():

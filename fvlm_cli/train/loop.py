@@ -295,6 +295,7 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
                     _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, None)
                     raise TrainingError(f"{int(worst_run.item())} consecutive non-finite losses by step {step_no}; saved a "
                                         f"checkpoint in {run_dir}/checkpoints (lower the LR or check the data)")
+            eval_now = eval_now and not (stop_now and not is_last)  # a preempted job's grace period goes to the save
             if log_now:
                 now = time.perf_counter()
                 dt = max(now - t_last, 1e-9)
