@@ -37,7 +37,6 @@ class TrainingError(FvlmError):
     """Training cannot continue (non-finite losses, bad resume state)."""
 
 
-
 class Terminated(KeyboardInterrupt):
     """The process was asked to stop (SIGTERM: a scheduler's preemption, `kill`, `docker stop`). It unwinds like
     Ctrl-C, so every command's clean-up runs (precompute writes its manifest, training saves a checkpoint first);
