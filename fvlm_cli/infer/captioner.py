@@ -292,11 +292,6 @@ def caption_units(lm, units: list, cfg, emit: Callable[[dict], None], done: froz
                 shutdown()
             del it
             flush()
-        progressed = summary.captioned + summary.failed + summary.skipped > emitted_before
-        stalled = 0 if progressed else stalled + 1
-        if stalled > MAX_STALLED_RESTARTS:
-            raise FvlmError(f"decoder processes failed {stalled} times in a row without a caption; stopping "
-                            f"(finished captions are kept)")
         what = ("its decoder process died on it" if failure == "died"
                 else f"decoding took longer than --decode-timeout {timeout:g} s")
         for pos, sample in culprits:
@@ -314,6 +309,11 @@ def caption_units(lm, units: list, cfg, emit: Callable[[dict], None], done: froz
             emit({"input": name, **extra, "error": f"{what} (twice)" if not isinstance(unit, ShardUnit) else
                   f"{what} (three times); the rest of the shard is skipped"})
         left = [i for i in order if i not in finished]
+        progressed = summary.captioned + summary.failed + summary.skipped > emitted_before  # error records count
+        stalled = 0 if progressed else stalled + 1
+        if stalled > MAX_STALLED_RESTARTS:
+            raise FvlmError(f"decoder processes failed {stalled} times in a row without a record; stopping "
+                            f"(finished captions are kept)")
     summary.wall_s = time.perf_counter() - t_start
     return summary
 
