@@ -176,7 +176,7 @@ def create_app(lm, cfg, model_id: str) -> FastAPI:
             text, reason = protocol.finished(gen, req)
             if text.startswith(sent) and len(text) > len(sent):
                 yield piece(text[len(sent):])
-            stats = protocol.completion(cid, name, gen, req)["fvlm"]
+            stats = protocol.fvlm_stats(gen, req)
             yield event(protocol.chunk(cid, name, created, {}, reason, {**(usage_field or {}), "fvlm": stats}))
             if req.include_usage:
                 yield event(protocol.chunk(cid, name, created, None, extra={"usage": protocol.usage(gen)}))

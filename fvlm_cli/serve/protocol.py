@@ -187,15 +187,19 @@ def usage(gen) -> dict:
     return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
 
 
+def fvlm_stats(gen, req: ChatRequest) -> dict:
+    """The response's extra `fvlm` field: the mode, frames read and timings."""
+    return {"mode": req.mode, "frames": gen.frames, "seconds": round(gen.seconds, 4),
+            "first_token_s": round(gen.first_token_s, 4)}
+
+
 def completion(cid: str, model: str, gen, req: ChatRequest) -> dict:
     """The non-streaming response body for one Generation."""
     text, reason = finished(gen, req)
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": reason, "logprobs": None}],
-            "usage": usage(gen),
-            "fvlm": {"mode": req.mode, "frames": gen.frames, "seconds": round(gen.seconds, 4),
-                     "first_token_s": round(gen.first_token_s, 4)}}
+            "usage": usage(gen), "fvlm": fvlm_stats(gen, req)}
 
 
 def chunk(cid: str, model: str, created: int, delta: Optional[dict], finish: Optional[str] = None,
