@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -302,7 +301,8 @@ def validate_export(folder: Path, reference: dict, tokenizer=None) -> dict:
 
 
 def _assemble(tmp: Path, lm, chain, folder: Path, results_path: Optional[Path], stages: list[Stage],
-              results: Optional[dict], repo_id: str, license: Optional[str]) -> dict:
+              results: Optional[dict], repo_id: str, license: Optional[str],
+              log: Optional[Callable[[str], None]] = None) -> dict:
     """Write the model folder into `tmp`; returns its config.json."""
     from fvlm_cli.model.build import save_model_folder
 
@@ -322,8 +322,8 @@ def _assemble(tmp: Path, lm, chain, folder: Path, results_path: Optional[Path], 
         clean, n = redact_secrets(f.read_text(encoding="utf-8"))
         if n:
             f.write_text(clean, encoding="utf-8")
-            print(f"{f.relative_to(tmp)}: redacted {n} secret-looking value(s) (a signed URL's query, an "
-                  f"Authorization header, a token or key); the paths stay", file=sys.stderr)
+            _say(log, f"{f.relative_to(tmp)}: redacted {n} secret-looking value(s) (a signed URL's query, an "
+                      f"Authorization header, a token or key); the paths stay")
     return conf
 
 
@@ -392,7 +392,7 @@ def export_model(source: str | Path, repo_id: str, out: Optional[str | Path] = N
     out.parent.mkdir(parents=True, exist_ok=True)
     _say(log, f"exporting to {out}")
     try:
-        conf = _assemble(tmp, lm, chain, folder, results_path, stages, results, repo_id, license)
+        conf = _assemble(tmp, lm, chain, folder, results_path, stages, results, repo_id, license, log)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder is never left behind
         raise
