@@ -92,10 +92,11 @@ STOP_GRACE_S = 120.0  # how long a loader worker outlives a SIGTERM sent to the 
 
 
 def _outlive_stop_signals(worker_id: int) -> None:
-    """In a training loader's worker (`train` closes the loader on every way out). A scheduler's SIGTERM (or SLURM's USR1 warning) reaches the whole process group, and
-    stopping is the training process's business: it finishes its step, saves a checkpoint (which may need a few more
-    batches under DDP), then shuts the workers down. So a worker ignores USR1 and leaves STOP_GRACE_S seconds after
-    SIGTERM instead of at once; a worker whose parent dies exits by itself anyway."""
+    """In a training loader's worker (`train` closes the loader on every way out). A scheduler's SIGTERM (or SLURM's
+    USR1 warning) reaches the whole process group, and stopping is the training process's business: it finishes its
+    step, saves a checkpoint (which may need a few more batches under DDP), then shuts the workers down. So a worker
+    ignores USR1 and leaves STOP_GRACE_S seconds after SIGTERM instead of at once; a worker whose parent dies exits
+    by itself anyway."""
     import signal
     import threading
 
@@ -601,7 +602,7 @@ def build_train_loader(cfg: Any, tokenizer: Any, *, stage: int, rank: int = 0, w
             log.warning("shard set %s (%s): %d shard(s) for %d readers (ranks x workers): sample-level split, every "
                         "reader scans all its shards", s.name, s.path, len(s.shards), readers)
     return TrainLoader(ShardMixture(sets, tokenizer, opts, rank=rank, world_size=world_size),
-                       num_workers=workers, pin_memory=pin_memory, outlive_stop_signals=outlive_stop_signals and workers > 0)
+                       num_workers=workers, pin_memory=pin_memory, outlive_stop_signals=outlive_stop_signals)
 
 
 def build_eval_loader(path: str, tokenizer: Any, cfg: Any, *, stage: int, limit: Optional[int] = None,

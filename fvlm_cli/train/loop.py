@@ -230,6 +230,9 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
     skipped_acc, bad_run, worst_run = zero(), zero(), zero()
     skipped_base, last_loss, gnorm, dpo_metrics = skipped, zero(), zero(), {}
     pending = 0  # samples this rank trained since samples_seen was last summed over ranks
+    def save(metric=None) -> None:  # this step's checkpoint (the loop's current step and counters)
+        _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, metric)
+
     stop = StopRequest()  # SIGTERM / SIGUSR1: finish the step, save, stop (a preempted job resumes from there)
     try:
         for step in range(start, cfg.train.steps):
@@ -292,10 +295,11 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
                 if world > 1:  # every rank stops at the same step: the request is agreed where the ranks sync anyway
                     stop_now = not _all_ok(not stop.requested, device, world)
                 if worst_run.item() >= cfg.train.max_bad_steps:
-                    _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, None)
+                    save()
                     raise TrainingError(f"{int(worst_run.item())} consecutive non-finite losses by step {step_no}; saved a "
                                         f"checkpoint in {run_dir}/checkpoints (lower the LR or check the data)")
-            eval_now = eval_now and not (stop_now and not is_last)  # a preempted job's grace period goes to the save
+            stop_now = stop_now and not is_last  # the last step ends the run anyway
+            eval_now = eval_now and not stop_now  # a preempted job's grace period goes to the save
             if log_now:
                 now = time.perf_counter()
                 dt = max(now - t_last, 1e-9)
@@ -315,11 +319,10 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
                 metric = None
                 if last_val:
                     metric = last_val.get(cfg.train.best_metric.removeprefix("val/"))
-                _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen, skipped, metric)
-            if stop_now and not is_last:
+                save(metric)
+            if stop_now:
                 if not save_now:
-                    _save(run_dir, step_no, model, tokenizer, cfg, opt, sched, loader, rank, world, samples_seen,
-                          skipped, None)
+                    save()
                 log.close()
                 if rank == 0:
                     print(f"stopped by signal {stop.signal_name} after step {step_no}: saved checkpoint "
