@@ -23,7 +23,7 @@ from fvlm_cli.data.precompute.plan import ShardTask
 from fvlm_cli.errors import DataError
 from fvlm_cli.progress import Progress
 
-MAX_POOL_RESTARTS = 20  # a worker crash (decoder segfault, OOM kill) restarts the pool at most this often
+MAX_STALLED_RESTARTS = 10  # worker crashes in a row with no shard finished and no input given up on in between
 
 
 class Tracker:
@@ -82,7 +82,7 @@ def run_pool(tasks: Iterator[ShardTask], workers: int, bar: Tracker, records: li
     futures: dict = {}                   # future -> shard name
     task_iter = iter(tasks)
     exhausted = False
-    restarts = 0
+    stalled, progress = 0, -1  # restarts in a row without progress; finished shards + inputs given up on at the last
     procs: dict = {}                     # pid -> worker Process of the current pool
 
     def new_pool() -> tuple[ProcessPoolExecutor, Any]:
@@ -133,9 +133,11 @@ def run_pool(tasks: Iterator[ShardTask], workers: int, bar: Tracker, records: li
                 continue
             # a worker died (decoder segfault, OOM kill): every shard in flight starts again in a new pool;
             # the sample the dead worker was on is suspect, and a sample suspected twice is recorded as a failure
-            restarts += 1
-            if restarts > MAX_POOL_RESTARTS:
-                raise DataError(f"worker processes crashed {restarts} times; stopping (finished shards are kept)")
+            now = len(records) + sum(len(t.crashed) for t in pending.values())
+            stalled, progress = (stalled + 1 if now == progress else 0), now
+            if stalled > MAX_STALLED_RESTARTS:  # a total cap would stop a big run with a few bad files in it
+                raise DataError(f"worker processes crashed {stalled + 1} times in a row without progress; stopping "
+                                f"(finished shards are kept)")
             dead = _dead_pids(procs)
             if not any(pid in dead for _, pid in started.values()):
                 dead = None  # cannot tell which worker died: every shard's sample is suspect
