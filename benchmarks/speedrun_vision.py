@@ -19,9 +19,11 @@ can learn from the synthetic videos, and what a trained model's visual tokens ca
         The tiny recipe's stage 1 and stage 2 in memory (frames as the speedrun samples them, no codec, no text mix),
         then the synthetic multiple choice in coarse_fine: which recipe choice lets the LLM learn what the tokens carry.
         Each call adds its rows to the results file.
-        --frame PX --shape-scale K [--lanes A,B,C]: the same on a variant of the synthetic task (frames of PX pixels,
-        shapes K times larger, lanes across the motion at these fractions of the frame) and a tiny DINO of that
-        image size: is the ceiling the task's object scale (shapes smaller than one 16-px patch)?
+        [--s1-dino-lr 3e-4] [--s2-dino-lr 3e-4] [--videos 400]: stage 1 with `--s1-connector-lr 0 --s1-dino-lr 0`
+        holds the vision path fixed (the shipped tiny stage 1).
+        --task smooth [--frame PX --shape-scale K --lanes A,B,C]: the same on the earlier synthetic task (shapes
+        sliding at any sub-patch offset; frames of PX pixels, shapes K times larger, lanes across the motion at these
+        fractions of the frame) and a tiny DINO of that image size.
 
 Every figure is test accuracy on held-out videos (the bench split), chance 1/3 for shape and 1/4 for direction.
 """
@@ -277,8 +279,9 @@ def token_stats(model, vs: list) -> dict:
 
 
 def use_task_variant(frame: int, shape_scale: float, lanes: tuple[float, ...] = (0.2, 0.5, 0.8)) -> None:
-    """Replace `synthetic.make_video` (here, not in the library) by the same generator with frames of `frame` px,
-    shapes `shape_scale` times larger and lanes at `lanes`; the rest (colours, paths, travel) as shipped."""
+    """Replace `synthetic.make_video` (here, not in the library) by the speedrun's earlier task (shipped until the
+    session of 2026-11-30): shapes sliding smoothly at any sub-patch offset, in lanes at `lanes` of the frame,
+    with frames of `frame` px and shapes `shape_scale` times larger (r = 7.5-9.5% of the frame at scale 1)."""
     import numpy as np
 
     S = synthetic
@@ -314,11 +317,15 @@ def use_task_variant(frame: int, shape_scale: float, lanes: tuple[float, ...] = 
 
 
 def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: str, steps: int, seed: int,
-               n_videos: int = 400, batch: int = 16, eval_videos: int = 200, frame: int = 64) -> dict:
+               n_videos: int = 400, batch: int = 16, eval_videos: int = 200, frame: int = 64,
+               s1_dino_lr: float = 3e-4, s2_dino_lr: float = 3e-4, order: str = "video_first",
+               model_overrides: tuple[str, ...] = ()) -> dict:
     """Stage 1 (captions) then stage 2 (sft + mcq + captions, answer-only loss) of the tiny preset in memory, on the
     8 frames per video the speedrun samples (1 fps of 8 s at 4 fps), no codec and no text mix; then the synthetic
     multiple choice on held-out videos, scored by log-likelihood of the option letter as `bench` scores it.
-    s1_targets: "all" (SPEC §3.4: every text token of stage 1 is a target) or "answer" (the caption only)."""
+    s1_targets: "all" (SPEC §3.4: every text token of stage 1 is a target) or "answer" (the caption only).
+    A learning rate of 0 holds that group fixed (AdamW's decay is scaled by it too): `s1_connector_lr=0,
+    s1_dino_lr=0` is a stage 1 with the vision path frozen."""
     from fvlm_cli.data.chat import Encoded, encode_chat, encode_mcq_options, special_ids
     from fvlm_cli.model.build import build_model, preset
     from fvlm_cli.settings import ChatConfig
@@ -328,7 +335,7 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
     torch.manual_seed(seed)
     tok = load_tokenizer("tiny")
     system, pad_id = ChatConfig().system_prompt, special_ids(tok)[1]  # the speedrun's system prompt; pad = <|im_end|>
-    model = build_model(preset("tiny", [f"image_size={frame}", f"dino_config.image_size={frame}"]),
+    model = build_model(preset("tiny", [f"image_size={frame}", f"dino_config.image_size={frame}", *model_overrides]),
                         pretrained=False).train()
     train_v, bench_v = videos("train", n_videos, frame), videos("bench", eval_videos, frame)
     frames = [frames_to_tensor(v.frames[SAMPLED]) for v in train_v]
@@ -338,9 +345,9 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
         for r in synthetic.samples_for(v, "unused.mp4"):
             if r["kind"] == "caption":
                 s1.append((i, encode_chat(r["messages"], tok, stage=1 if s1_targets == "all" else 2,
-                                          system_prompt=system)))
+                                          system_prompt=system, order=order)))
             if r["kind"] in ("sft", "mcq", "caption"):
-                s2.append((i, encode_chat(r["messages"], tok, stage=2, system_prompt=system)))
+                s2.append((i, encode_chat(r["messages"], tok, stage=2, system_prompt=system, order=order)))
     groups: dict[str, list] = {"connector": [], "dino": [], "llm": []}
     for name, p in model.named_parameters():
         groups[group_of(name)].append(p)
@@ -356,7 +363,7 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
             for v, fr in zip(bench_v, bench_frames):
                 r = next(x for x in synthetic.samples_for(v, "unused.mp4") if x.get("category") == cat)
                 prompt, conts = encode_mcq_options(r["messages"][:1], list(synthetic.LETTERS[:len(r["options"])]),
-                                                   tok, system_prompt=system)
+                                                   tok, system_prompt=system, order=order)
                 rows = [(0, Encoded(prompt.input_ids + c, [0] * len(prompt) + [1] * len(c))) for c in conts]
                 logps = model(**_encoded_batch(rows, [fr], pad_id), mode="coarse_fine", return_logits=False)["logps"]
                 right += synthetic.LETTERS[int(logps.argmax())] == r["answer"]
@@ -379,23 +386,29 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
     if oracle:
         patch_oracle()
     t0 = time.perf_counter()
-    run(stage1, s1, {"connector": s1_connector_lr, "dino": 3e-4, "llm": 3e-4})
+    run(stage1, s1, {"connector": s1_connector_lr, "dino": s1_dino_lr, "llm": 3e-4})
     after_stage1 = token_stats(model, bench_v[:64])
-    run(steps, s2, {"connector": 1e-3, "dino": 3e-4, "llm": 1e-3})
+    run(steps, s2, {"connector": 1e-3, "dino": s2_dino_lr, "llm": 1e-3})
     row = {"tokens": "oracle" if oracle else "tiny DINO + query", "frame": frame, "stage1_steps": stage1,
-           "stage1_connector_lr": s1_connector_lr, "stage1_targets": s1_targets, "stage2_steps": steps, "seed": seed,
+           "stage1_connector_lr": s1_connector_lr, "stage1_dino_lr": s1_dino_lr, "stage1_targets": s1_targets,
+           "stage2_steps": steps, "stage2_dino_lr": s2_dino_lr, "videos": n_videos, "order": order, "model_overrides": list(model_overrides), "seed": seed,
            "tokens_after_stage1": after_stage1, "accuracy": evaluate(), "seconds": time.perf_counter() - t0}
     print(json.dumps(row), flush=True)
     return row
 
 
 def cmd_recipe(args) -> dict:
-    if args.shape_scale != 1.0 or args.frame != 64:
+    if args.task == "smooth":
         use_task_variant(args.frame, args.shape_scale, tuple(float(x) for x in args.lanes.split(",")))
+    elif args.shape_scale != 1.0 or args.frame != 64:
+        raise SystemExit("--frame and --shape-scale change the smooth task only: add --task smooth")
     rows = [recipe_run(args.oracle, args.stage1, args.s1_connector_lr, args.s1_targets, args.steps, seed,
-                       frame=args.frame) for seed in args.seeds]
+                       n_videos=args.videos, frame=args.frame, s1_dino_lr=args.s1_dino_lr, s2_dino_lr=args.s2_dino_lr,
+                       order=args.order, model_overrides=tuple(args.set))
+            for seed in args.seeds]
     for row in rows:
-        row["task"] = {"frame": args.frame, "shape_scale": args.shape_scale, "lanes": args.lanes}
+        row["task"] = ({"name": "grid (shipped)"} if args.task == "grid" else
+                       {"name": "smooth", "frame": args.frame, "shape_scale": args.shape_scale, "lanes": args.lanes})
     return {"what": "in-memory stage 1 + stage 2 of the tiny preset, held-out synthetic MCQ (coarse_fine)", "rows": rows}
 
 
@@ -446,12 +459,21 @@ def main() -> None:
     r.add_argument("--oracle", action="store_true")
     r.add_argument("--stage1", type=int, default=300)
     r.add_argument("--s1-connector-lr", type=float, default=3e-3)
+    r.add_argument("--s1-dino-lr", type=float, default=3e-4, help="stage 1 DINO LR (0 with --s1-connector-lr 0: "
+                   "the vision path frozen in stage 1)")
+    r.add_argument("--s2-dino-lr", type=float, default=3e-4)
+    r.add_argument("--videos", type=int, default=400, help="training videos")
+    r.add_argument("--set", action="append", default=[], help="tiny preset override, e.g. dino_config.initializer_range=0.1")
+    r.add_argument("--order", choices=("video_first", "question_first"), default="video_first",
+                   help="where the frames go in every training and test prompt (SPEC §2.3)")
     r.add_argument("--s1-targets", choices=("all", "answer"), default="all")
     r.add_argument("--steps", type=int, default=1200)
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
-    r.add_argument("--frame", type=int, default=64, help="task variant: frame size in pixels (the tiny DINO's too)")
-    r.add_argument("--shape-scale", type=float, default=1.0, help="task variant: shapes this much larger")
-    r.add_argument("--lanes", default="0.2,0.5,0.8", help="task variant: lanes across the motion (fractions)")
+    r.add_argument("--task", choices=("grid", "smooth"), default="grid",
+                   help="grid: the shipped task; smooth: the earlier one (shapes at any sub-patch offset)")
+    r.add_argument("--frame", type=int, default=64, help="smooth task: frame size in pixels (the tiny DINO's too)")
+    r.add_argument("--shape-scale", type=float, default=1.0, help="smooth task: shapes this much larger")
+    r.add_argument("--lanes", default="0.2,0.5,0.8", help="smooth task: lanes across the motion (fractions)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -70,6 +70,7 @@ def test_training_from_http_gives_the_same_losses_as_from_disk(tmp_path):
     with FileServer(d, faults={"shard-000003.tar": ["503"], "shard-000005.tar": ["cut"]}) as srv:
         for name, path in (("local", str(d)), ("http", _pattern(srv.url))):
             cfg = load_run_config(str(ROOT / "configs/train/tiny-stage1.yaml"), [
+                "optim.dino.frozen=false", "optim.connector.frozen=false",
                 f"data.train=[{{path: '{path}'}}]", "data.text=[]", "data.val=null", "data.batch_size=4", "data.num_workers=0",
                 "data.retry_backoff=0.01", "data.shuffle_buffer=4", "train.steps=4", "train.log_every=1",
                 "train.eval_every=0", "train.save_every=0", f"out_dir={tmp_path / name}"])

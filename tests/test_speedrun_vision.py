@@ -64,7 +64,7 @@ def test_shared_fraction_tells_a_shared_prefix_from_varied_tokens():
     assert shared_fraction(torch.ones(5, 3)) == pytest.approx(1.0)
 
 
-def test_task_variant_scales_the_frame_and_the_shapes(monkeypatch):
+def test_smooth_task_variant_scales_the_frame_and_the_shapes(monkeypatch):
     monkeypatch.setattr(synthetic, "make_video", synthetic.make_video)  # restored after the test
     shipped = synthetic.make_video(3)
     sv.use_task_variant(96, 2.0)

@@ -66,6 +66,29 @@ def test_pixels_show_the_metadata():
         assert moved[v.direction] > 8 and abs(dy if v.direction in ("left", "right") else dx) < 1, (i, dx, dy)
 
 
+def test_shapes_sit_on_the_patch_grid():
+    """Every shape is centred in a cell of the 4 x 4 grid (one 16-px patch of the tiny DINO at 64 px) in every
+    frame, and looks the same in each: a frame's pixels are the first frame's, moved by whole cells."""
+    for i in range(40):
+        v = make_video(i)
+        cells = set()
+        for k in range(len(v.frames)):
+            m = _mask(v, k)
+            assert m.sum() > 20 * v.count
+            for cy in range(syn.GRID):
+                for cx in range(syn.GRID):
+                    patch = m[16 * cy:16 * cy + 16, 16 * cx:16 * cx + 16]
+                    if patch.any():
+                        assert not patch[0].any() and not patch[-1].any() and not patch[:, 0].any() \
+                            and not patch[:, -1].any(), (i, k)  # inside its cell, never across a patch border
+                        cells.add(patch.tobytes())
+        assert len(cells) == 1, i  # one pattern: the same shape at the same offset in every cell it visits
+        sx, sy = syn._STEP[v.direction]
+        shift = (np.nonzero(_mask(v, len(v.frames) - 1))[1 if sx else 0].mean()
+                 - np.nonzero(_mask(v, 0))[1 if sx else 0].mean())
+        assert shift == pytest.approx(16 * syn.TRAVEL * (sx + sy))
+
+
 def test_single_frame_does_not_reveal_direction():
     """Without knowing a frame's time, its shape positions say nothing about the direction: over the clips,
     positions of left- and right-movers have the same distribution (mirror images about the centre)."""

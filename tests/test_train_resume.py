@@ -28,6 +28,7 @@ def shards(tmp_path_factory):
 
 def _args(shards, out, steps, *extra):
     return [sys.executable, "-m", "fvlm_cli", "train", "-c", str(ROOT / "configs/train/tiny-stage1.yaml"),
+            "--set", "optim.dino.frozen=false", "--set", "optim.connector.frozen=false",  # the whole model
             "--set", f"data.train=[{{path: {shards}/train}}]", "--set", "data.text=[]", "--set", "data.val=null",
             "--set", "data.batch_size=2", "--set", "data.num_workers=1", "--set", "train.log_every=1",
             "--set", "train.eval_every=0", "--steps", str(steps), "--out", str(out), *extra]
@@ -111,6 +112,7 @@ def test_disk_full_during_a_save_is_a_user_error(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.torch, "save", writer)
     run = tmp_path / "full"
     cfg = load_run_config(str(ROOT / "configs/train/tiny-stage1.yaml"), [
+        "optim.dino.frozen=false", "optim.connector.frozen=false",  # the whole model, as stage 2 trains it
         f"data.train=[{{path: {shards}/train}}]", "data.text=[]", "data.val=null", "data.batch_size=2",
         "data.num_workers=0", "train.steps=6", "train.save_every=2", "train.eval_every=0", f"out_dir={run}"])
     with pytest.raises(TrainingError) as err:

@@ -1,9 +1,12 @@
 """The procedural dataset the offline speedrun trains and evaluates on (SPEC §8).
 
-Each video shows 1-3 identical shapes (one colour, one shape) moving in one direction on a plain grey
-background. Colour and shape are visible in any frame, the count needs a look at the whole frame, and
-the direction only shows across frames: start positions are random and paths stay inside the frame, so the
-positions of left- and right-movers have the same distribution; only their order in time differs.
+Each video shows 1-3 identical shapes (one colour, one shape) stepping in one direction across a 4 x 4 grid
+of cells on a plain grey background. Colour and shape are visible in any frame, the count needs a look at the
+whole frame, and the direction only shows across frames: start cells are random and paths stay inside the
+frame, so the positions of left- and right-movers have the same distribution; only their order in time differs.
+Shapes sit at the centre of a cell in every frame. At 64 px a cell is one 16-px patch of the tiny preset's
+DINO, so a shape looks the same to its patch projection wherever it is; a from-scratch ViT does not learn to
+tell shapes apart at any sub-patch offset in minutes (docs/LOG.md, issue 13).
 Everything is a pure function of (seed, index): the same arguments give the same pixels and the same text.
 
 Records from `samples_for` / `text_samples` are dicts with the SPEC §3.2 json fields that do not depend on
@@ -78,8 +81,15 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.nda
     raise ValueError(f"unknown shape {shape!r}")
 
 
+GRID = 4  # cells per side: one tiny-DINO patch each at 64 px
+TRAVEL = 2  # cells a shape steps over the clip; start cells leave room for it either way
+
+
 def make_video(index: int, seed: int = 0, *, seconds: int = 8, fps: int = 4, size: int = 64) -> SyntheticVideo:
-    """Video number `index` of the dataset with `seed`: deterministic, [seconds*fps, size, size, 3] uint8."""
+    """Video number `index` of the dataset with `seed`: deterministic, [seconds*fps, size, size, 3] uint8.
+
+    The shapes step one cell at a time, TRAVEL cells over the clip (at 1 fps of 8 s: 2, 4 and 2 frames per cell),
+    each in its own lane (row or column) across the motion; lanes and the start cell are random."""
     rng = np.random.default_rng([seed, index])
     color = COLORS[rng.integers(len(COLORS))]
     shape = SHAPES[rng.integers(len(SHAPES))]
@@ -88,28 +98,24 @@ def make_video(index: int, seed: int = 0, *, seconds: int = 8, fps: int = 4, siz
     background = np.full(3, rng.integers(25, 95), dtype=np.uint8)
 
     n = max(1, int(round(seconds * fps)))
-    r = size * rng.uniform(0.075, 0.095)
-    travel = size * rng.uniform(0.3, 0.45)  # whole-clip displacement: well above a pixel per sampled frame
-    margin = 1.3 * r + 1
+    cell = size / GRID
+    r = cell * rng.uniform(0.33, 0.38)  # fits its cell (a triangle is 2.1 r tall): shapes never touch
     sx, sy = _STEP[direction]
-    # shapes ride separate lanes across the motion so they never overlap; lane order is random
-    lanes = rng.permutation(3)[:count]
-    objects = []
-    for lane in lanes:
-        across = size * (0.2 + 0.3 * lane) + rng.uniform(-0.04, 0.04) * size
-        along0 = rng.uniform(margin, size - margin - travel)  # start so the whole path stays in frame
-        if (sx, sy) in ((-1, 0), (0, -1)):  # moving towards 0: start on the far side of the same range
-            along0 = size - along0
-        objects.append((across, along0))
+    sign = sx + sy  # +1 for right/down, -1 for left/up
+    start = int(rng.integers(GRID - TRAVEL))
+    if sign < 0:  # moving towards 0: start on the far side of the same range
+        start = GRID - 1 - start
+    lanes = rng.permutation(GRID)[:count]
 
     frames = np.empty((n, size, size, 3), np.uint8)
     rgb = np.array(COLOR_RGB[color], np.uint8)
     for i in range(n):
         frac = i / (n - 1) if n > 1 else 0.0
+        along = (start + sign * int(round(TRAVEL * frac)) + 0.5) * cell
         img = np.empty((size, size, 3), np.uint8)
         img[:] = background
-        for across, along0 in objects:
-            along = along0 + travel * frac * (sx + sy)  # +1 for right/down, -1 for left/up
+        for lane in lanes:
+            across = (lane + 0.5) * cell
             cx, cy = (along, across) if sx else (across, along)
             img[_shape_mask(shape, cx, cy, r, size)] = rgb
         frames[i] = img
