@@ -89,8 +89,8 @@ def run_speedrun(out: str | Path = "runs/speedrun", preset: str = "tiny", *, n_v
         if not dpo:
             over += [f"data.text=[{{path: {data / 'text'}}}]", f"data.val={data / 'val'}"]
         over.append(f"train.init_from={init_from}" if init_from else "train.init_from=null")
-        if preset != "tiny":
-            over.append(f"model={preset}")
+        if preset != "tiny":  # a pretrained LLM: stage 1 aligns the connector as SPEC §4 has it (tiny's holds it fixed)
+            over += [f"model={preset}", "optim.connector.frozen=false", "optim.dino.frozen=false"]
         cfg = load_run_config(str(cfglib.CONFIG_DIR / "train" / config), over + list(overrides or []))
         from fvlm_cli.train import checkpoint
 

@@ -152,3 +152,23 @@ def test_config_keys_spells_out_types(monkeypatch):
     assert rows["train.compile"] == "bool | off|encoder|model"
     with pytest.raises(ConfigError, match=r"expected bool \| off\|encoder\|model, got 'graph'"):
         load(RunConfig, overrides=["train.compile=graph"])
+
+
+def test_tiny_stage1_holds_the_vision_path_and_later_stages_train_it():
+    """Stage 2, 3 and DPO inherit stage 1's config (`base:`), so each must unfreeze what stage 1 froze."""
+    frozen = {name: (c.optim.connector.frozen, c.optim.dino.frozen, c.optim.llm.frozen) for name, c in (
+        (n, load_run_config(str(ROOT / f"configs/train/tiny-{n}.yaml"))) for n in ("stage1", "stage2", "stage3", "dpo"))}
+    assert frozen == {"stage1": (True, True, False), "stage2": (False, False, False), "stage3": (False, False, False),
+                      "dpo": (False, False, False)}
+
+
+def test_mfu_counts_no_backward_through_a_frozen_dino():
+    from fvlm_cli.model.build import build_model, preset
+    from fvlm_cli.train.flops import sample_flops
+
+    m = build_model(preset("tiny"))
+    trains = sample_flops(m, 8, 40)
+    m.encoder.dino.requires_grad_(False)
+    frozen = sample_flops(m, 8, 40)
+    fwd = sample_flops(m, 8, 40, train=False)
+    assert fwd < frozen < trains <= 3 * fwd + 1e-6

@@ -66,7 +66,9 @@ def test_shared_fraction_tells_a_shared_prefix_from_varied_tokens():
 
 def test_smooth_task_variant_scales_the_frame_and_the_shapes(monkeypatch):
     monkeypatch.setattr(synthetic, "make_video", synthetic.make_video)  # restored after the test
-    shipped = synthetic.make_video(3)
+    sv.use_task_variant(64, 1.0)
+    shipped = synthetic.make_video(3)  # the smooth task as it was shipped
+    assert synthetic.make_video(3, seconds=1, fps=1).frames.shape == (1, 64, 64, 3)
     sv.use_task_variant(96, 2.0)
     big = synthetic.make_video(3)
     assert big.frames.shape == (32, 96, 96, 3)

@@ -155,6 +155,21 @@ def _losses(run) -> dict:
     return {r["step"]: r["loss"] for r in _rows(run) if r is not None and "loss" in r}
 
 
+def test_resume_with_other_frozen_groups_is_one_line(shards, tmp_path):
+    """A checkpoint saved with DINO and the connector training, resumed under the shipped stage 1 (both frozen): the
+    optimizer has other groups. One line that says why, no traceback."""
+    run = tmp_path / "run"
+    r = subprocess.run(_args(shards, run, 2, "--set", "train.save_every=2"), env=ENV, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cmd = [a for a in _args(shards, run, 4, "--resume") if a not in ("optim.dino.frozen=false",
+                                                                     "optim.connector.frozen=false")]
+    cmd = [a for i, a in enumerate(cmd) if not (a == "--set" and cmd[i + 1] == "--set")]  # drop the emptied --set pairs
+    r = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "cannot resume from" in r.stderr and "optim.*.frozen" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
 def test_sigterm_saves_a_checkpoint_and_resume_continues_exactly(shards, tmp_path):
     """A scheduler's preemption signals the whole process group (loader workers too): training finishes its step,
     saves, exits 143; `--resume` then gives the same losses as a run that was never stopped."""

@@ -11,7 +11,7 @@ from fvlm_cli.commands._common import DeviceOpt, SetOpt
 
 def speedrun(
     out: str = typer.Option("runs/speedrun", "--out", "-o", help="Run directory (re-running resumes finished steps)."),
-    preset: str = typer.Option("tiny", "--preset", help="Model preset (tiny runs offline on CPU in about ten minutes)."),
+    preset: str = typer.Option("tiny", "--preset", help="Model preset (tiny runs offline on 2 CPU cores in about five minutes)."),
     n_videos: int = typer.Option(400, "--videos", help="Synthetic training videos."),
     steps_scale: float = typer.Option(1.0, "--steps-scale", help="Multiply every stage's step count (0.1 = a quick smoke run)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Precompute worker processes."),

@@ -81,6 +81,7 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.nda
     raise ValueError(f"unknown shape {shape!r}")
 
 
+TASK = "grid"  # the generator's version: names the folders that cache its videos (was smooth motion until 2026-11-30)
 GRID = 4  # cells per side: one tiny-DINO patch each at 64 px
 TRAVEL = 2  # cells a shape steps over the clip; start cells leave room for it either way
 

@@ -26,6 +26,8 @@ def peak_flops(device) -> float | None:
 
 
 def sample_flops(model, frames: int, text_tokens: int, mode: str = "coarse_fine", train: bool = True) -> float:
+    """Per sample. Training counts backward through DINO's patch pass only when DINO trains: with it frozen (the
+    tiny stage 1) nothing upstream of its K/V needs a gradient, so the pass runs forward only."""
     dino = model.encoder.dino.config
     D, L = dino.hidden_size, dino.num_hidden_layers
     grid = model.image_size // dino.patch_size
@@ -40,5 +42,7 @@ def sample_flops(model, frames: int, text_tokens: int, mode: str = "coarse_fine"
     ctx = frames + text_tokens
     tokens = ctx + (frames if mode == "coarse_fine" else 0)
     lm = tokens * 2 * p_llm + 2 * Ll * ctx * ctx * Dl + 2 * Dl * V * text_tokens
-    fwd = vision + query + lm
-    return 3 * fwd if train else fwd
+    if not train:
+        return vision + query + lm
+    dino_trains = any(p.requires_grad for p in model.encoder.dino.parameters())
+    return (3 if dino_trains else 1) * vision + 3 * (query + lm)

@@ -203,7 +203,12 @@ def train(cfg: RunConfig, *, dpo: bool = False, resume: bool = False, quiet: boo
         val_batches = list(build_eval_loader(cfg.data.val, tokenizer, cfg, stage=stage, limit=cfg.data.val_samples,
                                              dpo=False))
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except ValueError as e:  # torch: "... different number of parameter groups" / "... doesn't match the size ..."
+            raise TrainingError(f"cannot resume from {ck}: its optimizer state does not fit this run's parameter "
+                                f"groups ({e}). The `optim.*.frozen` settings must be the ones it was saved with; "
+                                f"to start over from its weights use train.init_from={ck} in a new run") from None
         sched.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])  # every rank's position: exact, or elastic on another world size
         checkpoint.restore_rng(state)

@@ -74,9 +74,12 @@ def knobs(opts: SourceOptions) -> dict[str, Any]:
 def iter_samples(input: Optional[str], opts: SourceOptions) -> Iterator[RawSample]:
     if input:
         raise DataError("synthetic makes its own videos: drop --input (use --set n_videos=N, --split train|val|bench)")
+    from fvlm_cli.data import synthetic
+
     k = knobs(opts)
     base = Path(opts.extra.get("media_dir") or Path(tempfile.gettempdir()) / "fvlm-synthetic")
-    folder = base / f"{k['split']}-seed{opts.seed}-{k['seconds']}s-{k['fps']}fps-{k['size']}px"
+    # the task's version is in the name: videos cached by an earlier generator (same ids, same labels) are not reused
+    folder = base / f"{synthetic.TASK}-{k['split']}-seed{opts.seed}-{k['seconds']}s-{k['fps']}fps-{k['size']}px"
     return _hub.take(_samples(k, opts.seed, folder), opts.limit)
 
 
