@@ -19,7 +19,7 @@ can learn from the synthetic videos, and what a trained model's visual tokens ca
         The tiny recipe's stage 1 and stage 2 in memory (frames as the speedrun samples them, no codec, no text mix),
         then the synthetic multiple choice in coarse_fine: which recipe choice lets the LLM learn what the tokens carry.
         Each call adds its rows to the results file.
-        [--s1-dino-lr 3e-4] [--s2-dino-lr 3e-4] [--videos 400] [--order video_first|question_first]
+        [--s1-dino-lr 3e-4] [--s2-dino-lr 3e-4] [--s2-llm-lr 1e-3] [--videos 400] [--order video_first|question_first]
         [--train-mode coarse_fine|coarse_only] [--eval-mode ...] [--set KEY=VALUE ...] (tiny preset overrides):
         stage 1 with `--s1-connector-lr 0 --s1-dino-lr 0` holds the vision path fixed (the shipped tiny stage 1).
         --task smooth [--frame PX --shape-scale K --lanes A,B,C]: the same on the earlier synthetic task (shapes
@@ -322,7 +322,7 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
                n_videos: int = 400, batch: int = 16, eval_videos: int = 200, frame: int = 64,
                s1_dino_lr: float = 3e-4, s2_dino_lr: float = 3e-4, order: str = "video_first",
                model_overrides: tuple[str, ...] = (), train_mode: str = "coarse_fine",
-               eval_mode: str = "coarse_fine") -> dict:
+               eval_mode: str = "coarse_fine", s2_llm_lr: float = 1e-3) -> dict:
     """Stage 1 (captions) then stage 2 (sft + mcq + captions, answer-only loss) of the tiny preset in memory, on the
     8 frames per video the speedrun samples (1 fps of 8 s at 4 fps), no codec and no text mix; then the synthetic
     multiple choice on held-out videos, scored by log-likelihood of the option letter as `bench` scores it.
@@ -397,10 +397,10 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
     t0 = time.perf_counter()
     run(stage1, s1, {"connector": s1_connector_lr, "dino": s1_dino_lr, "llm": 3e-4})
     after_stage1 = token_stats(model, bench_v[:64])
-    run(steps, s2, {"connector": 1e-3, "dino": s2_dino_lr, "llm": 1e-3}, train_mode)
+    run(steps, s2, {"connector": 1e-3, "dino": s2_dino_lr, "llm": s2_llm_lr}, train_mode)
     row = {"tokens": "oracle" if oracle else "tiny DINO + query", "frame": frame, "stage1_steps": stage1,
            "stage1_connector_lr": s1_connector_lr, "stage1_dino_lr": s1_dino_lr, "stage1_targets": s1_targets,
-           "stage2_steps": steps, "stage2_dino_lr": s2_dino_lr, "videos": n_videos, "order": order, "model_overrides": list(model_overrides), "stage2_mode": train_mode, "eval_mode": eval_mode, "seed": seed,
+           "stage2_steps": steps, "stage2_dino_lr": s2_dino_lr, "stage2_llm_lr": s2_llm_lr, "videos": n_videos, "order": order, "model_overrides": list(model_overrides), "stage2_mode": train_mode, "eval_mode": eval_mode, "seed": seed,
            "tokens_after_stage1": after_stage1, "accuracy": evaluate(), "seconds": time.perf_counter() - t0}
     print(json.dumps(row), flush=True)
     return row
@@ -410,7 +410,7 @@ def cmd_recipe(args) -> dict:
     rows = [recipe_run(args.oracle, args.stage1, args.s1_connector_lr, args.s1_targets, args.steps, seed,
                        n_videos=args.videos, frame=args.frame, s1_dino_lr=args.s1_dino_lr, s2_dino_lr=args.s2_dino_lr,
                        order=args.order, model_overrides=tuple(args.set), train_mode=args.train_mode,
-                       eval_mode=args.eval_mode)
+                       eval_mode=args.eval_mode, s2_llm_lr=args.s2_llm_lr)
             for seed in args.seeds]
     for row in rows:
         row["task"] = ({"name": "grid (shipped)"} if args.task == "grid" else
@@ -470,6 +470,7 @@ def main() -> None:
     r.add_argument("--s1-dino-lr", type=float, default=3e-4, help="stage 1 DINO LR (0 with --s1-connector-lr 0: "
                    "the vision path frozen in stage 1)")
     r.add_argument("--s2-dino-lr", type=float, default=3e-4)
+    r.add_argument("--s2-llm-lr", type=float, default=1e-3)
     r.add_argument("--videos", type=int, default=400, help="training videos")
     r.add_argument("--train-mode", choices=("coarse_only", "coarse_fine"), default="coarse_fine", help="stage 2's mode")
     r.add_argument("--eval-mode", choices=("coarse_only", "coarse_fine"), default="coarse_fine")
