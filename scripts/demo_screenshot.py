@@ -1,7 +1,7 @@
 """Screenshot of the `fvlm serve` demo page (docs/demo.png): serve a model, upload a clip in headless Chromium,
 ask, wait for the three answers, save the page.
 
-    python scripts/demo_screenshot.py --model runs/speedrun/final --video clip.mp4 --out docs/demo.png
+    python scripts/demo_screenshot.py --model runs/speedrun/dpo --video runs/speedrun/sample7.mp4 --out docs/demo.png
 
 Needs the serve extra, selenium, and Debian's chromium + chromium-driver.
 """
