@@ -322,7 +322,7 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
                n_videos: int = 400, batch: int = 16, eval_videos: int = 200, frame: int = 64,
                s1_dino_lr: float = 3e-4, s2_dino_lr: float = 3e-4, order: str = "video_first",
                model_overrides: tuple[str, ...] = (), train_mode: str = "coarse_fine",
-               eval_mode: str = "coarse_fine", s2_llm_lr: float = 1e-3) -> dict:
+               eval_mode: str = "coarse_fine", s2_llm_lr: float = 1e-3, direction_first: int = 0) -> dict:
     """Stage 1 (captions) then stage 2 (sft + mcq + captions, answer-only loss) of the tiny preset in memory, on the
     8 frames per video the speedrun samples (1 fps of 8 s at 4 fps), no codec and no text mix; then the synthetic
     multiple choice on held-out videos, scored by log-likelihood of the option letter as `bench` scores it.
@@ -342,7 +342,7 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
     train_v, bench_v = videos("train", n_videos, frame), videos("bench", eval_videos, frame)
     frames = [frames_to_tensor(v.frames[SAMPLED]) for v in train_v]
     bench_frames = [frames_to_tensor(v.frames[SAMPLED]) for v in bench_v]
-    s1, s2 = [], []
+    s1, s2, s2_dir = [], [], []
     for i, v in enumerate(train_v):
         for r in synthetic.samples_for(v, "unused.mp4"):
             if r["kind"] == "caption":
@@ -350,6 +350,12 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
                                           system_prompt=system, order=order)))
             if r["kind"] in ("sft", "mcq", "caption"):
                 s2.append((i, encode_chat(r["messages"], tok, stage=2, system_prompt=system, order=order)))
+            if r.get("category") == "direction":  # the warm-up pool of `direction_first`: the question and the word
+                s2_dir.append((i, encode_chat(r["messages"], tok, stage=2, system_prompt=system, order=order)))
+                question, answer = synthetic._SFT_QA["direction"]
+                s2_dir.append((i, encode_chat([{"role": "user", "content": question},
+                                               {"role": "assistant", "content": answer(v)}], tok, stage=2,
+                                              system_prompt=system, order=order)))
     groups: dict[str, list] = {"connector": [], "dino": [], "llm": []}
     for name, p in model.named_parameters():
         groups[group_of(name)].append(p)
@@ -397,10 +403,12 @@ def recipe_run(oracle: bool, stage1: int, s1_connector_lr: float, s1_targets: st
     t0 = time.perf_counter()
     run(stage1, s1, {"connector": s1_connector_lr, "dino": s1_dino_lr, "llm": 3e-4})
     after_stage1 = token_stats(model, bench_v[:64])
+    if direction_first:  # a curriculum: stage 2 opens with direction questions only (same LRs and schedule)
+        run(direction_first, s2_dir, {"connector": 1e-3, "dino": s2_dino_lr, "llm": s2_llm_lr}, train_mode)
     run(steps, s2, {"connector": 1e-3, "dino": s2_dino_lr, "llm": s2_llm_lr}, train_mode)
     row = {"tokens": "oracle" if oracle else "tiny DINO + query", "frame": frame, "stage1_steps": stage1,
            "stage1_connector_lr": s1_connector_lr, "stage1_dino_lr": s1_dino_lr, "stage1_targets": s1_targets,
-           "stage2_steps": steps, "stage2_dino_lr": s2_dino_lr, "stage2_llm_lr": s2_llm_lr, "videos": n_videos, "order": order, "model_overrides": list(model_overrides), "stage2_mode": train_mode, "eval_mode": eval_mode, "seed": seed,
+           "stage2_steps": steps, "stage2_dino_lr": s2_dino_lr, "stage2_llm_lr": s2_llm_lr, "direction_first": direction_first, "videos": n_videos, "order": order, "model_overrides": list(model_overrides), "stage2_mode": train_mode, "eval_mode": eval_mode, "seed": seed,
            "tokens_after_stage1": after_stage1, "accuracy": evaluate(), "seconds": time.perf_counter() - t0}
     print(json.dumps(row), flush=True)
     return row
@@ -410,7 +418,7 @@ def cmd_recipe(args) -> dict:
     rows = [recipe_run(args.oracle, args.stage1, args.s1_connector_lr, args.s1_targets, args.steps, seed,
                        n_videos=args.videos, frame=args.frame, s1_dino_lr=args.s1_dino_lr, s2_dino_lr=args.s2_dino_lr,
                        order=args.order, model_overrides=tuple(args.set), train_mode=args.train_mode,
-                       eval_mode=args.eval_mode, s2_llm_lr=args.s2_llm_lr)
+                       eval_mode=args.eval_mode, s2_llm_lr=args.s2_llm_lr, direction_first=args.direction_first)
             for seed in args.seeds]
     for row in rows:
         row["task"] = ({"name": "grid (shipped)"} if args.task == "grid" else
@@ -471,6 +479,8 @@ def main() -> None:
                    "the vision path frozen in stage 1)")
     r.add_argument("--s2-dino-lr", type=float, default=3e-4)
     r.add_argument("--s2-llm-lr", type=float, default=1e-3)
+    r.add_argument("--direction-first", type=int, default=0,
+                   help="curriculum: this many stage-2 steps on direction questions only, before the stage-2 steps")
     r.add_argument("--videos", type=int, default=400, help="training videos")
     r.add_argument("--train-mode", choices=("coarse_only", "coarse_fine"), default="coarse_fine", help="stage 2's mode")
     r.add_argument("--eval-mode", choices=("coarse_only", "coarse_fine"), default="coarse_fine")

@@ -43,10 +43,11 @@ def test_recipe_run_trains_and_scores_every_category(monkeypatch, oracle):
     monkeypatch.setattr(cls, "encode", cls.encode)  # patch_oracle rebinds these; restored after the test
     monkeypatch.setattr(cls, "query", cls.query)
     row = sv.recipe_run(oracle, stage1=2, s1_connector_lr=3e-3, s1_targets="answer", steps=2, seed=0,
-                        n_videos=8, batch=4, eval_videos=3)
+                        n_videos=8, batch=4, eval_videos=3, s1_dino_lr=0.0, direction_first=1)
     assert set(row["accuracy"]) == {"colour", "shape", "direction", "count", "total"}
     assert all(0.0 <= a <= 1.0 for a in row["accuracy"].values())
     assert row["tokens"] == ("oracle" if oracle else "tiny DINO + query")
+    assert row["direction_first"] == 1 and row["stage1_dino_lr"] == 0.0
     stats = row["tokens_after_stage1"]
     assert 0.0 < stats["position_share"] < 1.0 and stats["shared_part_norm"] <= stats["token_norm"] + 1e-4
 
