@@ -19,7 +19,7 @@ can learn from the synthetic videos, and what a trained model's visual tokens ca
         The tiny recipe's stage 1 and stage 2 in memory (frames as the speedrun samples them, no codec, no text mix),
         then the synthetic multiple choice in coarse_fine: which recipe choice lets the LLM learn what the tokens carry.
         Each call adds its rows to the results file.
-        [--s1-dino-lr 3e-4] [--s2-dino-lr 3e-4] [--s2-llm-lr 1e-3] [--videos 400] [--order video_first|question_first]
+        [--s1-dino-lr 3e-4] [--s2-dino-lr 3e-4] [--s2-llm-lr 1e-3] [--direction-first N] [--videos 400] [--order video_first|question_first]
         [--train-mode coarse_fine|coarse_only] [--eval-mode ...] [--set KEY=VALUE ...] (tiny preset overrides):
         stage 1 with `--s1-connector-lr 0 --s1-dino-lr 0` holds the vision path fixed (the shipped tiny stage 1).
         --task smooth [--frame PX --shape-scale K --lanes A,B,C]: the same on the earlier synthetic task (shapes
