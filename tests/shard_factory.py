@@ -119,3 +119,9 @@ def loader_config(*paths, size: int = 8, **data):
     for k, v in data.items():
         setattr(cfg.data, k, v)
     return cfg
+
+
+# The shipped tiny stage 1 freezes DINO and the connector; tests that use its config as a small training config
+# train, resume and all-reduce the whole model, as stage 2 does.
+WHOLE_MODEL = ("optim.dino.frozen=false", "optim.connector.frozen=false")
+WHOLE_MODEL_FLAGS = [a for kv in WHOLE_MODEL for a in ("--set", kv)]

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shard_factory import make_samples, write_shards
+from shard_factory import WHOLE_MODEL_FLAGS, make_samples, write_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "FVLM_BACKEND": "gloo"}
@@ -39,7 +39,7 @@ def shards(tmp_path_factory):
 
 def _cmd(shards, out, *extra, workers=1, accum=1, save_every=2):
     return [sys.executable, "-m", "fvlm_cli", "train", "-c", str(ROOT / "configs/train/tiny-stage1.yaml"),
-            "--set", "optim.dino.frozen=false", "--set", "optim.connector.frozen=false",  # the whole model
+            *WHOLE_MODEL_FLAGS,
             "--set", f"data.train=[{{path: {shards}/train}}]", "--set", "data.text=[]", "--set", "data.val=null",
             "--set", "data.batch_size=2", "--set", f"data.num_workers={workers}", "--set", f"train.grad_accum={accum}",
             "--set", "train.log_every=1", "--set", "train.eval_every=0", "--set", f"train.save_every={save_every}",

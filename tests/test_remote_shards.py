@@ -14,7 +14,7 @@ from fvlm_cli.data.shards import iter_shard_samples, resolve_shards
 from fvlm_cli.errors import DataError
 from fvlm_cli.model.tokenizer import load_tokenizer
 from hub_standin import FileServer, HubStandIn
-from shard_factory import loader_config, make_samples, write_shards
+from shard_factory import WHOLE_MODEL, loader_config, make_samples, write_shards
 
 S = 8
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def test_training_from_http_gives_the_same_losses_as_from_disk(tmp_path):
     with FileServer(d, faults={"shard-000003.tar": ["503"], "shard-000005.tar": ["cut"]}) as srv:
         for name, path in (("local", str(d)), ("http", _pattern(srv.url))):
             cfg = load_run_config(str(ROOT / "configs/train/tiny-stage1.yaml"), [
-                "optim.dino.frozen=false", "optim.connector.frozen=false",
+                *WHOLE_MODEL,
                 f"data.train=[{{path: '{path}'}}]", "data.text=[]", "data.val=null", "data.batch_size=4", "data.num_workers=0",
                 "data.retry_backoff=0.01", "data.shuffle_buffer=4", "train.steps=4", "train.log_every=1",
                 "train.eval_every=0", "train.save_every=0", f"out_dir={tmp_path / name}"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shard_factory import make_samples, write_shards
+from shard_factory import WHOLE_MODEL, WHOLE_MODEL_FLAGS, make_samples, write_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
@@ -30,7 +30,7 @@ def shards(tmp_path_factory):
 
 def _args(shards, out, steps, *extra):
     return [sys.executable, "-m", "fvlm_cli", "train", "-c", str(ROOT / "configs/train/tiny-stage1.yaml"),
-            "--set", "optim.dino.frozen=false", "--set", "optim.connector.frozen=false",  # the whole model
+            *WHOLE_MODEL_FLAGS,
             "--set", f"data.train=[{{path: {shards}/train}}]", "--set", f"data.text=[{{path: {shards}/text}}]",
             "--set", f"data.val={shards}/val", "--set", "data.val_samples=8", "--set", "data.batch_size=4",
             "--set", "data.num_workers=1", "--set", "train.log_every=1", "--set", "train.eval_every=0",
@@ -97,7 +97,7 @@ def test_training_lowers_validation_loss(shards, tmp_path):
     from fvlm_cli.train.loop import load_run_config, train
 
     cfg = load_run_config(str(ROOT / "configs/train/tiny-stage1.yaml"), [
-        "optim.dino.frozen=false", "optim.connector.frozen=false",  # the whole model, as stage 2 trains it
+        *WHOLE_MODEL,
         f"data.train=[{{path: {shards}/train}}]", f"data.text=[{{path: {shards}/text}}]", f"data.val={shards}/val",
         "data.val_samples=8", "data.batch_size=4", "data.num_workers=0", "train.steps=25", "train.eval_every=0",
         "train.save_every=0", f"out_dir={tmp_path / 'run'}"])

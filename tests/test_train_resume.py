@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shard_factory import make_samples, write_shards
+from shard_factory import WHOLE_MODEL, WHOLE_MODEL_FLAGS, make_samples, write_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -26,9 +26,9 @@ def shards(tmp_path_factory):
     return d
 
 
-def _args(shards, out, steps, *extra):
+def _args(shards, out, steps, *extra, whole=True):
     return [sys.executable, "-m", "fvlm_cli", "train", "-c", str(ROOT / "configs/train/tiny-stage1.yaml"),
-            "--set", "optim.dino.frozen=false", "--set", "optim.connector.frozen=false",  # the whole model
+            *(WHOLE_MODEL_FLAGS if whole else []),
             "--set", f"data.train=[{{path: {shards}/train}}]", "--set", "data.text=[]", "--set", "data.val=null",
             "--set", "data.batch_size=2", "--set", "data.num_workers=1", "--set", "train.log_every=1",
             "--set", "train.eval_every=0", "--steps", str(steps), "--out", str(out), *extra]
@@ -112,7 +112,7 @@ def test_disk_full_during_a_save_is_a_user_error(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.torch, "save", writer)
     run = tmp_path / "full"
     cfg = load_run_config(str(ROOT / "configs/train/tiny-stage1.yaml"), [
-        "optim.dino.frozen=false", "optim.connector.frozen=false",  # the whole model, as stage 2 trains it
+        *WHOLE_MODEL,
         f"data.train=[{{path: {shards}/train}}]", "data.text=[]", "data.val=null", "data.batch_size=2",
         "data.num_workers=0", "train.steps=6", "train.save_every=2", "train.eval_every=0", f"out_dir={run}"])
     with pytest.raises(TrainingError) as err:
@@ -162,10 +162,7 @@ def test_resume_with_other_frozen_groups_is_one_line(shards, tmp_path):
     r = subprocess.run(_args(shards, run, 2, "--set", "train.save_every=2"), env=ENV, cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    cmd = [a for a in _args(shards, run, 4, "--resume") if a not in ("optim.dino.frozen=false",
-                                                                     "optim.connector.frozen=false")]
-    cmd = [a for i, a in enumerate(cmd) if not (a == "--set" and cmd[i + 1] == "--set")]  # drop the emptied --set pairs
-    r = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_args(shards, run, 4, "--resume", whole=False), env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "cannot resume from" in r.stderr and "optim.*.frozen" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
 
